@@ -1,0 +1,40 @@
+"""Errors graphfix reports to users as one line and an exit code."""
+
+from __future__ import annotations
+
+__all__ = [
+    "GraphfixError",
+    "InputError",
+    "RuleLoadError",
+    "RuleError",
+    "VerificationError",
+    "UsageError",
+]
+
+
+class GraphfixError(Exception):
+    """Base of every error the CLI turns into one line; `exit_code` is what the process returns."""
+
+    exit_code = 2
+
+
+class InputError(GraphfixError):
+    """The input model cannot be read or used (missing, not ONNX, truncated, missing data...)."""
+
+
+class UsageError(GraphfixError):
+    """Options that contradict each other or name things that do not exist."""
+
+
+class RuleLoadError(GraphfixError):
+    """A rule file or rule package failed to import or defines an invalid rule."""
+
+
+class RuleError(GraphfixError):
+    """A rule raised while matching, checking or rewriting; the message names the rule and node."""
+
+
+class VerificationError(GraphfixError):
+    """`--strict`: a pass changed results, or could not be verified."""
+
+    exit_code = 1

@@ -1,0 +1,1 @@
+"""graphfix's built-in rule library: one rule per module, named after the module."""
