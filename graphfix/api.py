@@ -14,7 +14,7 @@ import onnx
 from graphfix import execute, ir
 from graphfix._loader import RuleSet, load_rules
 from graphfix.errors import InputError, UsageError
-from graphfix.passes import Pass, PassManager, RulePass, SimplifyPass, raise_if_strict
+from graphfix.passes import ModelRulePass, Pass, PassManager, RulePass, SimplifyPass, raise_if_strict
 from graphfix.report import ApplyReport, VerificationSummary
 from graphfix.rule import STAGES, Rule
 from graphfix.verify import (
@@ -141,7 +141,10 @@ def build_passes(rules: Sequence[Rule], *, simplify: bool = False, max_rounds: i
     for stage in STAGES:
         if stage == "fold" and simplify:
             passes.append(SimplifyPass())
-        passes.extend(RulePass([r], max_rounds=max_rounds) for r in rules if r.stage == stage)
+        passes.extend(
+            ModelRulePass(r) if r.is_model_rule else RulePass([r], max_rounds=max_rounds)
+            for r in rules if r.stage == stage
+        )
     return passes
 
 

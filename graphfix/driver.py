@@ -342,7 +342,7 @@ class _Splice:
         for subgraph in root.subgraphs(recursive=True):
             for inner in list(subgraph.nodes):
                 journal.detach(inner)
-        rewired: list[tuple[ir.Tensor, ir.Tensor]] = []
+        self.rewired: list[tuple[ir.Tensor, ir.Tensor]] = []
         taken: set[int] = set()
         for original, new in zip(originals, replacements):
             if new is None or original.is_empty():
@@ -355,10 +355,10 @@ class _Splice:
                 self._identity(new, original)
                 self.compare.append((original.name, original.name))
             else:
-                rewired.append((original, new))
+                self.rewired.append((original, new))
                 self.compare.append((original.name, new.name))
         self._attach()
-        for original, new in rewired:
+        for original, new in self.rewired:
             for consumer in list(original.outputs):
                 for index, tensor in enumerate(consumer.inputs):
                     if tensor is original:
@@ -413,9 +413,11 @@ class _Splice:
                     initializers[tensor.name] = tensor
                 else:
                     inputs[tensor.name] = None
-        for reference_name, produced_name in self.compare:
-            if produced_name not in produced:
-                inputs[produced_name] = None
+        for _, new in self.rewired:
+            if isinstance(new, ir.Constant):
+                initializers[new.name] = new
+            elif new.name not in produced:
+                inputs[new.name] = None
         unordered = frozenset(
             original for original, _ in self.compare if self.root.op in UNORDERED_OUTPUT_OPS
         )

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from graphfix import execute, ir
-from graphfix.driver import DriverResult, Region, apply_rules
-from graphfix.errors import VerificationError
+from graphfix.driver import DriverResult, NearMiss, Region, RewriteRecord, apply_rules
+from graphfix.errors import RuleError, VerificationError
 from graphfix.report import (
     STATUS_DRY_RUN,
     STATUS_NOT_VERIFIED,
@@ -33,10 +33,10 @@ from graphfix.report import (
     RewriteEntry,
     VerificationSummary,
 )
-from graphfix.rule import Rule
+from graphfix.rule import Accept, Reject, Rule
 from graphfix.verify import Verifier, reference_reads, unordered_outputs
 
-__all__ = ["Pass", "RulePass", "SimplifyPass", "PassResult", "PassManager"]
+__all__ = ["Pass", "RulePass", "ModelRulePass", "ModelContext", "SimplifyPass", "PassResult", "PassManager"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,52 @@ class RulePass(Pass):
             model, self._rules, journal, names=names, target=target, max_rounds=self.max_rounds, dry_run=dry_run
         )
         return PassResult(self.name, self.rules, journal, time.perf_counter() - start, driver)
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """The `ctx` of whole-model rules."""
+
+    opset: int
+    target: Any
+    options: dict[str, Any]
+    proto: Any  # the model as exported before the rule (onnx.ModelProto)
+
+
+class ModelRulePass(Pass):
+    """A whole-model rule: check(ctx), then transform(ctx, proto) -> proto, swapped in whole."""
+
+    def __init__(self, rule: Rule):
+        self._rule = rule
+        self.rules = (rule.name,)
+        self.name = rule.name
+
+    def apply(self, model: ir.Model, names: ir.NameRegistry, *, target: Any, dry_run: bool) -> PassResult:
+        journal = ir.Journal()
+        start = time.perf_counter()
+        result = PassResult(self.name, self.rules, journal, 0.0, whole_graph=True)
+        rule = self._rule
+        proto = ir.to_proto(model)
+        ctx = ModelContext(model.opset, target, {**rule.option_defaults, **rule.options}, proto)
+        verdict = _guarded(rule, "checking", lambda: rule.check_fn(ctx) if rule.check_fn else Accept())
+        if isinstance(verdict, Reject) or verdict is False:
+            reason = verdict.reason if isinstance(verdict, Reject) else "check returned False"
+            result.driver.near_misses[rule.name] = NearMiss(rule.name, "<model>", reason, 1)
+        else:
+            record = RewriteRecord(rule.name, "<model>", "<model>", (), (), ())
+            result.driver.rewrites.append(record)
+            if not dry_run:
+                transformed = _guarded(rule, "transforming", lambda: rule.transform_fn(ctx, proto))
+                journal.swap(model, "graph", ir.import_proto(transformed))
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+def _guarded(rule: Rule, stage: str, action: Any) -> Any:
+    try:
+        return action()
+    except Exception as error:  # a rule may raise anything; we name it
+        raise RuleError(f"rule {rule.name} raised {type(error).__name__} while {stage} the model: {error}") from error
 
 
 class SimplifyPass(Pass):

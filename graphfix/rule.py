@@ -79,8 +79,9 @@ class Rule:
     summary: str
     doc: str
     limitations: tuple[str, ...]
-    pattern_fn: Callable[..., Any] = field(repr=False)
-    rewrite_fn: Callable[..., Any] = field(repr=False)
+    pattern_fn: Callable[..., Any] | None = field(default=None, repr=False)
+    rewrite_fn: Callable[..., Any] | None = field(default=None, repr=False)
+    transform_fn: Callable[..., Any] | None = field(default=None, repr=False)
     check_fn: Callable[..., Any] | None = field(default=None, repr=False)
     reference_fn: Callable[..., Any] | None = field(default=None, repr=False)
     opt_in: bool = False
@@ -95,6 +96,11 @@ class Rule:
         """The docstring's "TensorRT limitation:" paragraph ('' when absent)."""
         match = re.search(r"TensorRT limitation:(.*?)(?:\n\s*\n|\Z)", self.doc, re.S)
         return " ".join(match.group(1).split()) if match else ""
+
+    @property
+    def is_model_rule(self) -> bool:
+        """A whole-model rule (`transform(ctx, proto)`), verified end to end, not per region."""
+        return self.transform_fn is not None
 
     @property
     def has_reference(self) -> bool:
@@ -195,13 +201,15 @@ def rule(
         )
         if inspect.isclass(obj):
             instance = obj()
-            for method in ("pattern", "rewrite"):
+            model_rule = callable(getattr(instance, "transform", None))
+            for method in () if model_rule else ("pattern", "rewrite"):
                 if not callable(getattr(instance, method, None)):
-                    raise TypeError(f"rule class {obj.__name__} needs a {method}() method")
+                    raise TypeError(f"rule class {obj.__name__} needs a {method}() method (or transform())")
             return Rule(
                 name=name or _snake_case(obj.__name__),
-                pattern_fn=instance.pattern,
-                rewrite_fn=instance.rewrite,
+                pattern_fn=getattr(instance, "pattern", None) if not model_rule else None,
+                rewrite_fn=getattr(instance, "rewrite", None) if not model_rule else None,
+                transform_fn=getattr(instance, "transform", None),
                 check_fn=getattr(instance, "check", None),
                 reference_fn=getattr(instance, "reference", None),
                 option_defaults=dict(options or getattr(obj, "options", {}) or {}),

@@ -324,7 +324,7 @@ class Verifier:
         except execute.NotRunnable as error:
             return RegionResult(False, unverified=str(error))
         self.region_checks += 1
-        values = {**{n: feeds[n] for n in region.inputs}, **values}
+        values = {**{n: feeds[n] for n in region.inputs}, **program.initializers, **values}
         comparisons = [
             compare(reference, values[name], expected[reference], self.tolerance, unordered_rows=reference in region.unordered)
             for reference, name in region.compare

@@ -34,11 +34,16 @@ def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndar
 
 
 def graphfix_cli(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m graphfix ARGS` and capture its output."""
+    """Run `python -m graphfix ARGS` and capture its output.
+
+    The default working directory is tests/, never the repository root: there `-m graphfix`
+    would import the source tree instead of the installed package (whose graphfix.rules is the
+    mapped rules/ folder).
+    """
     environment = {**os.environ, **(env or {}), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "graphfix", *args],
-        cwd=cwd or REPO,
+        cwd=cwd or Path(__file__).resolve().parent,
         env=environment,
         capture_output=True,
         text=True,

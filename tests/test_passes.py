@@ -207,3 +207,45 @@ def test_rule_class_style_and_options():
     assert scales == [-4.0, 4.0]
     with pytest.raises(gf.UsageError, match="no option 'nope'"):
         rewrite(parse(MODEL), "scale_neg", extra_rules=[ScaleNeg], rule_options=("scale_neg.nope=1",))
+
+
+REDUCE_18 = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[2,3,4] x) => (float[2,1,4] out) {
+    axes = Constant <value = int64[1] {1}> ()
+    out = ReduceMean <keepdims = 1> (x, axes)
+}
+"""
+
+
+@gf.rule()
+class ConvertTo17:
+    """Whole-model rule used by the tests: onnx.version_converter to opset 17."""
+
+    def check(self, ctx):
+        return gf.accept() if ctx.opset > 17 else gf.reject("already at 17 or below")
+
+    def transform(self, ctx, proto):
+        return onnx.version_converter.convert_version(proto, 17)
+
+
+@gf.rule()
+class BreakTheModel:
+    """Whole-model rule used by the tests: changes results, so it must be rolled back."""
+
+    def transform(self, ctx, proto):
+        for node in proto.graph.node:
+            if node.op_type == "ReduceMean":
+                node.op_type = "ReduceMax"
+        return proto
+
+
+def test_model_rules_are_verified_end_to_end_and_rolled_back_when_wrong():
+    import onnx.version_converter  # noqa: F401
+
+    result, report = rewrite(parse(REDUCE_18), "convert_to17", extra_rules=[ConvertTo17])
+    assert report.passes[0].status == "verified" and "end-to-end" in report.passes[0].detail
+    assert result.opset_import[0].version == 17
+    _, report = rewrite(parse(REDUCE_18), "break_the_model", extra_rules=[BreakTheModel])
+    assert report.passes[0].status == "rolled back"
+    assert "out" in report.passes[0].detail
