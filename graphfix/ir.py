@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 from onnx import external_data_helper
 
+from graphfix import _fastio
 from graphfix.errors import InputError
 
 __all__ = [
@@ -211,7 +212,7 @@ def with_inferred_types(proto: onnx.ModelProto) -> onnx.ModelProto:
 def import_proto(proto: onnx.ModelProto) -> Graph:
     """A graphsurgeon graph of `proto`, typed by shape inference; initializers are not copied."""
     _check_unique_tensor_names(proto)
-    return gs.import_onnx(with_inferred_types(proto))
+    return _fastio.import_model(with_inferred_types(proto))
 
 
 def _check_unique_tensor_names(proto: onnx.ModelProto) -> None:
@@ -237,7 +238,7 @@ def to_proto(model: Model | Graph, like: onnx.ModelProto | None = None) -> onnx.
         graph, like = model.graph, like or model.source
     else:
         graph = model
-    proto = gs.export_onnx(graph, do_type_check=False)
+    proto = _fastio.export_model(graph)
     if like is not None:
         for name in ("doc_string", "domain", "model_version", "producer_name", "producer_version"):
             setattr(proto, name, getattr(like, name))
@@ -391,8 +392,8 @@ def iter_graphs(graph: Graph) -> Iterator[Graph]:
     while stack:
         current = stack.pop()
         yield current
-        for node in reversed(current.nodes):
-            stack.extend(reversed(list(node.subgraphs())))
+        nested = [value for node in current.nodes if node.attrs for value in node.attrs.values() if type(value) is Graph]
+        stack.extend(reversed(nested))
 
 
 def is_empty(tensor: Tensor | None) -> bool:
@@ -574,7 +575,7 @@ def _dependencies(node: Node, producers: dict[int, Node]) -> Iterator[Node]:
 
 
 def _has_subgraph(node: Node) -> bool:
-    return any(isinstance(v, Graph) for v in node.attrs.values())
+    return bool(node.attrs) and any(type(v) is Graph for v in node.attrs.values())
 
 
 def toposort(graph: Graph) -> None:
@@ -701,6 +702,7 @@ class Journal:
         def undo() -> None:
             node.inputs[index] = old
 
+        _fastio.forget_proto(node)
         self._do(redo, undo)
 
     def set_output(self, node: Node, index: int, tensor: Tensor) -> None:
@@ -712,6 +714,7 @@ class Journal:
         def undo() -> None:
             node.outputs[index] = old
 
+        _fastio.forget_proto(node)
         self._do(redo, undo)
 
     def attach(self, node: Node, inputs: Sequence[Tensor], outputs: Sequence[Tensor]) -> None:

@@ -24,6 +24,7 @@ Bindings flow by parameter name; `check` hands computed values to `rewrite` thro
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable, Mapping
@@ -232,8 +233,15 @@ def rule(
 
 def call_with_bindings(fn: Callable[..., Any], first: Any, values: Mapping[str, Any]) -> Any:
     """Call `fn(first, **values)`, passing only the names `fn` declares (all with **kwargs)."""
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+    takes_all, wanted = _accepted_names(fn)
+    if takes_all:
         return fn(first, **values)
-    wanted = _parameter_names(fn)[1:]
     return fn(first, **{k: values[k] for k in wanted if k in values})
+
+
+@functools.lru_cache(maxsize=1024)
+def _accepted_names(fn: Callable[..., Any]) -> tuple[bool, tuple[str, ...]]:
+    """Whether `fn` takes **kwargs, and the names after its first parameter (inspect is slow,
+    and rules are called once per candidate node)."""
+    params = inspect.signature(fn).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD for p in params), tuple(_parameter_names(fn)[1:])
