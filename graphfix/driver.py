@@ -9,6 +9,7 @@ model plus the changes. Every edit goes through the pass's `ir.Journal`; each re
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,7 @@ class DriverResult:
     converged: bool = True
     still_firing: tuple[str, ...] = ()
     removed: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: {"match": 0.0, "rewrite": 0.0, "tidy": 0.0})
 
     @property
     def added(self) -> int:
@@ -137,11 +139,13 @@ def apply_rules(
             result.still_firing = tuple(sorted(fired_rules))
             logger.warning("rules %s still fire after %d rounds", ", ".join(result.still_firing), max_rounds)
     if not dry_run and journal.changed:
+        start = time.perf_counter()
         for graph in ir.iter_graphs(model.graph):
             journal.remember_nodes(graph)
         result.removed = ir.remove_dead_nodes(model.graph, journal)
         ir.toposort(model.graph)
         journal.seal()
+        result.seconds["tidy"] += time.perf_counter() - start
     return result
 
 
@@ -190,6 +194,21 @@ class _Applier:
         return fired, next_seeds
 
     def try_rule(self, rule: Rule, pattern: Pattern, node: ir.Node, scope: _GraphScope) -> list[ir.Node] | None:
+        start = time.perf_counter()
+        try:
+            found = self.match(rule, pattern, node, scope)
+        finally:
+            self.result.seconds["match"] += time.perf_counter() - start
+        if found is None:
+            return None
+        start = time.perf_counter()
+        try:
+            return self.rewrite(rule, node, scope, *found)
+        finally:
+            self.result.seconds["rewrite"] += time.perf_counter() - start
+
+    def match(self, rule: Rule, pattern: Pattern, node: ir.Node, scope: _GraphScope) -> tuple[Match, Context, Mapping[str, Any]] | None:
+        """Pattern and check; None (and a near miss recorded) when the rule does not apply."""
         match = self.guard(rule, node, "matching", lambda: pattern.match(
             node,
             graph_nodes=scope.node_ids,
@@ -220,6 +239,10 @@ class _Applier:
                 return None
             if isinstance(verdict, Accept):
                 values = verdict.values
+        return match, ctx, values
+
+    def rewrite(self, rule: Rule, node: ir.Node, scope: _GraphScope, match: Match, ctx: Context, values: Mapping[str, Any]) -> list[ir.Node]:
+        """Build the replacement and splice it in (or only record it, in a dry run)."""
         builder = Builder(rule.name, node.name, self.names, self.model.opset, ctx)
         arguments = {**match.bindings, **values, "ctx": ctx}
         replacement = self.guard(rule, node, "rewriting", lambda: call_with_bindings(rule.rewrite_fn, builder, arguments))

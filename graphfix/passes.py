@@ -333,10 +333,8 @@ class PassManager:
     def _check_pass_regions(self, result: PassResult, opsets: Sequence[Any], keep: set[str]) -> tuple[str, Comparison | None] | None:
         worst_abs = worst_rel = 0.0
         unverified = ""
-        for region in result.regions:
-            if region.in_subgraph:
-                continue  # verified by the end-to-end run
-            outcome = self.verifier.check_region(region, opsets, keep)
+        local = [region for region in result.regions if not region.in_subgraph]  # others: end to end
+        for region, outcome in zip(local, self.verifier.check_regions(local, opsets, keep)):
             if outcome.unverified:
                 unverified = unverified or f"region at {region.root}: {outcome.unverified}"
                 continue
@@ -469,6 +467,7 @@ def _report(result: PassResult) -> PassReport:
         near_misses=tuple((m.rule, m.node, m.reason) for m in driver.near_misses.values()),
         converged=driver.converged,
         still_firing=driver.still_firing,
+        stage_seconds=dict(driver.seconds),
     )
 
 

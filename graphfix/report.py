@@ -73,6 +73,7 @@ class PassReport:
     near_misses: tuple[tuple[str, str, str], ...] = ()  # (rule, node, reason)
     converged: bool = True
     still_firing: tuple[str, ...] = ()
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # match / rewrite / tidy
 
 
 @dataclass(frozen=True)

@@ -304,6 +304,24 @@ class Verifier:
             return self.feeds[name]
         return self.produced.get(name)
 
+    def check_regions(self, regions: Sequence[Region], opsets: Sequence[onnx.OperatorSetIdProto], keep: set[str]) -> list[RegionResult]:
+        """Check the regions of one pass: all in one onnxruntime session when possible.
+
+        Each region's tensors are renamed apart, its inputs come from the reference (or from an
+        earlier region of the batch, for tensors earlier rewrites created), and every region's
+        outputs are compared with what it replaced. When the batch cannot run, each region runs
+        alone so the failure is attributed to the right one.
+        """
+        batch = _Batch.plan(self, regions, opsets)
+        if batch is not None:
+            try:
+                outputs = execute.evaluate(batch.program, batch.feeds, batch.wanted)
+            except execute.NotRunnable:
+                outputs = None
+            if outputs is not None:
+                return [self._judge(region, values, keep) for region, values in batch.split(outputs)]
+        return [self.check_region(region, opsets, keep) for region in regions]
+
     def check_region(self, region: Region, opsets: Sequence[onnx.OperatorSetIdProto], keep: set[str]) -> RegionResult:
         """Run one rewritten region on reference boundary values; compare what it replaced."""
         feeds = {}
@@ -312,19 +330,21 @@ class Verifier:
             if value is None:
                 return RegionResult(False, unverified=f"no reference value for {name!r}")
             feeds[name] = value
-        program = execute.Program(
-            nodes=region.nodes,
-            initializers={n: np.asarray(c.values) for n, c in region.initializers.items()},
-            opsets=opsets,
-        )
+        program = execute.Program(nodes=region.nodes, initializers=_initializer_values(region), opsets=opsets)
         produced_names = [n for node in region.nodes for n in node.output if n]
         try:
-            expected = self._expected(region, feeds)
             values = execute.evaluate(program, feeds, produced_names) if produced_names else {}
         except execute.NotRunnable as error:
             return RegionResult(False, unverified=str(error))
+        return self._judge(region, {**feeds, **program.initializers, **values}, keep)
+
+    def _judge(self, region: Region, values: Mapping[str, np.ndarray], keep: set[str]) -> RegionResult:
+        """Compare a region's values with the reference (or the rule's reference semantics)."""
+        try:
+            expected = self._expected(region, {n: values[n] for n in region.inputs})
+        except execute.NotRunnable as error:
+            return RegionResult(False, unverified=str(error))
         self.region_checks += 1
-        values = {**{n: feeds[n] for n in region.inputs}, **program.initializers, **values}
         comparisons = [
             compare(reference, values[name], expected[reference], self.tolerance, unordered_rows=reference in region.unordered)
             for reference, name in region.compare
@@ -337,6 +357,7 @@ class Verifier:
     def _expected(self, region: Region, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if region.reference is None:
             found = {ref: self.lookup(ref) for ref, _ in region.compare}
+            found.update({ref: feeds[ref] for ref, value in found.items() if value is None and ref in feeds})
             missing = [ref for ref, value in found.items() if value is None]
             if missing:
                 raise execute.NotRunnable(region.root, "?", f"no reference value for {missing[0]!r}")
@@ -367,6 +388,67 @@ class Verifier:
             compare(name, actual[name], expected[name], self.tolerance, unordered_rows=name in unordered)
             for name in expected
         ]
+
+
+def _initializer_values(region: Region) -> dict[str, np.ndarray]:
+    return {n: np.asarray(c.values) for n, c in region.initializers.items()}
+
+
+@dataclass
+class _Batch:
+    """The regions of one pass as one program: tensors renamed apart, inputs wired to the
+    reference values or to the renamed outputs of earlier regions of the batch."""
+
+    program: execute.Program
+    feeds: dict[str, np.ndarray]
+    wanted: list[str]
+    plans: list[tuple[Region, dict[str, str]]]  # region, its tensor name -> batch name
+
+    @classmethod
+    def plan(cls, verifier: Verifier, regions: Sequence[Region], opsets: Sequence[onnx.OperatorSetIdProto]) -> _Batch | None:
+        nodes: list[onnx.NodeProto] = []
+        initializers: dict[str, np.ndarray] = {}
+        feeds: dict[str, np.ndarray] = {}
+        produced: dict[str, str] = {}  # tensors of earlier regions of this batch
+        plans = []
+        for index, region in enumerate(regions):
+            if any(_attribute_graphs(node) for node in region.nodes):
+                return None
+            names: dict[str, str] = {}
+            for name in region.inputs:
+                value = verifier.captured.get(name, verifier.feeds.get(name))
+                if value is None and name in produced:
+                    names[name] = produced[name]
+                    continue
+                value = value if value is not None else verifier.produced.get(name)
+                if value is None:
+                    return None
+                feeds.setdefault(name, value)
+                names[name] = name
+            initializers.update(_initializer_values(region))
+            names.update({n: n for n in region.initializers})
+            for node in region.nodes:
+                renamed = onnx.NodeProto()
+                renamed.CopyFrom(node)
+                renamed.input[:] = [names.get(n, n) if n else "" for n in node.input]
+                for position, output in enumerate(node.output):
+                    if output:
+                        names[output] = f"{index}|{output}"
+                        renamed.output[position] = names[output]
+                nodes.append(renamed)
+            produced.update({n: b for n, b in names.items() if b != n})
+            plans.append((region, names))
+        wanted = [b for _, names in plans for n, b in names.items() if b != n]
+        return cls(execute.Program(nodes, initializers, opsets), feeds, list(dict.fromkeys(wanted)), plans)
+
+    def split(self, outputs: Mapping[str, np.ndarray]) -> list[tuple[Region, dict[str, np.ndarray]]]:
+        """Each region with its values under its own tensor names."""
+        values = {**self.feeds, **self.program.initializers, **outputs}
+        return [(region, {name: values[batch] for name, batch in names.items()}) for region, names in self.plans]
+
+
+def _attribute_graphs(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
 @dataclass(frozen=True)
