@@ -56,6 +56,7 @@ __all__ = [
     "attribute_default",
     "free_tensors",
     "toposort",
+    "is_sorted",
     "remove_dead_nodes",
     "node_to_proto",
     "infer_output_types",
