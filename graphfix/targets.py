@@ -99,9 +99,11 @@ LIMITATIONS: Mapping[str, str] = MappingProxyType({
     "nms.params_not_weights": "NonMaxSuppression max/iou/score inputs must be initializers (8.0-8.4)",
     "scatter.reduction_ignored": "ScatterND/ScatterElements reduction silently ignored (8.0-8.6)",
     "scatter.reduction_refused": "ScatterND reduction attribute refused (10.x)",
-    "maxpool.unbatched": "MaxPool on an unbatched tensor (rank != 2 + spatial dims): ONNX/onnxruntime "
-                         "refuse it (export repair)",
+    "maxpool.unbatched": "MaxPool/AveragePool on an unbatched tensor (rank != 2 + spatial dims): "
+                         "ONNX/onnxruntime refuse it (export repair)",
     "eyelike.bool": "EyeLike producing BOOL: onnxruntime has no kernel (export repair)",
+    "gridsample.double_grid": "GridSample with a DOUBLE grid on a FLOAT input: onnxruntime has no "
+                              "kernel (export repair)",
     "custom_op.mmcv_grid_sampler": "mmcv/mmdeploy grid_sampler custom op (needs mmdeploy's plugin "
                                    "library); maps to ONNX GridSample",
     "custom_op.mmcv_roialign": "mmcv/mmdeploy MMCVRoiAlign custom op (needs mmdeploy's plugin "
@@ -123,7 +125,7 @@ OPT_IN_LIMITATIONS: Mapping[str, str | None] = MappingProxyType({
 })
 
 # Export repairs block onnxruntime and TensorRT alike, so they are active on every target.
-EXPORT_REPAIRS: frozenset[str] = frozenset({"maxpool.unbatched", "eyelike.bool"})
+EXPORT_REPAIRS: frozenset[str] = frozenset({"maxpool.unbatched", "eyelike.bool", "gridsample.double_grid"})
 
 # Which graphfix name `graphfix check` uses when neither --target nor an installed tensorrt says
 # otherwise: the strictest pseudo-target, so a clean model parses on every profile.
@@ -275,6 +277,7 @@ _ADVICE: Mapping[str, str] = MappingProxyType({
                                  "reduction",
     "maxpool.unbatched": "Unsqueeze a batch dim before the pooling and Squeeze it after",
     "eyelike.bool": "build the EyeLike in a numeric type and Cast to BOOL",
+    "gridsample.double_grid": "Cast the grid to FLOAT (the exporter's linspace made it DOUBLE)",
     "custom_op.mmcv_grid_sampler": "map it to ONNX GridSample (TensorRT >= 8.5 imports it)",
     "custom_op.mmcv_roialign": "map it to ONNX RoiAlign (TensorRT >= 8.5 imports it)",
     "custom_op.unknown": "replace the op with standard ops or load the plugin library that "
@@ -651,6 +654,11 @@ class EyeLikeBool(Restriction):
 _EXPORT_REPAIRS: Mapping[str, tuple[Restriction, ...]] = MappingProxyType({
     # onnx shape inference: "Attribute kernel_shape has incorrect size" (checked onnxruntime 1.31)
     "MaxPool": (PoolUnbatched("maxpool.unbatched", source="onnx MaxPool shape inference"),),
+    "AveragePool": (PoolUnbatched("maxpool.unbatched", source="onnx AveragePool shape inference"),),
+    # onnxruntime 1.31: GridSample kernels need the grid in the input's type
+    "GridSample": (InputDtype("gridsample.double_grid", index=1, role="grid", refused=frozenset({"float64"}),
+                              why="onnxruntime has no kernel for a DOUBLE grid",
+                              source="onnxruntime GridSample kernel types"),),
     # onnxruntime 1.31: "Could not find an implementation for EyeLike(9)" for dtype=BOOL
     "EyeLike": (EyeLikeBool("eyelike.bool", source="onnxruntime EyeLike kernel types"),),
 })
