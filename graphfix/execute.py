@@ -29,6 +29,7 @@ __all__ = [
     "run_in_chunks",
     "fold",
     "onnxruntime_max_opset",
+    "onnxruntime_max_ir_version",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ class Program:
 def _session(model: onnx.ModelProto) -> Any:
     import onnxruntime as ort
 
+    newest = onnxruntime_max_ir_version()
+    if model.ir_version > newest:
+        # The onnx package stamps its newest IR version; nothing graphfix runs needs more.
+        model = _with_ir_version(model, newest)
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # Fusions change accumulation order between the original and the rewritten graph; compare
@@ -99,23 +105,47 @@ def _blamed_node(message: str, nodes: Sequence[onnx.NodeProto]) -> onnx.NodeProt
     return None
 
 
+def _with_ir_version(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    stamped = onnx.ModelProto()
+    stamped.CopyFrom(model)
+    stamped.ir_version = version
+    return stamped
+
+
+@functools.cache
+def onnxruntime_max_ir_version() -> int:
+    """The newest IR version the installed onnxruntime reads (probed once)."""
+    import onnxruntime as ort
+
+    for version in range(onnx.IR_VERSION, 3, -1):
+        try:
+            ort.InferenceSession(_identity_model(13, version).SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime raises several exception types for a refused version
+            continue
+        return version
+    return 3
+
+
+def _identity_model(opset: int, ir_version: int) -> onnx.ModelProto:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    model.ir_version = ir_version
+    return model
+
+
 @functools.cache
 def onnxruntime_max_opset() -> int:
     """The newest default-domain opset the installed onnxruntime loads (probed once)."""
     import onnxruntime as ort
 
-    newest = onnx.defs.onnx_opset_version()
-    for opset in range(newest, 6, -1):
-        graph = onnx.helper.make_graph(
-            [onnx.helper.make_node("Identity", ["x"], ["y"])],
-            "probe",
-            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-        )
-        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-        model.ir_version = 8
+    for opset in range(onnx.defs.onnx_opset_version(), 6, -1):
         try:
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            ort.InferenceSession(_identity_model(opset, 8).SerializeToString(), providers=["CPUExecutionProvider"])
         except Exception:  # onnxruntime raises several exception types for a refused opset
             continue
         return opset
@@ -165,7 +195,14 @@ def _not_runnable(error: Exception, nodes: Sequence[onnx.NodeProto]) -> NotRunna
 
 
 def _runs_in_onnxruntime(node: onnx.NodeProto) -> bool:
-    return node.domain in _ORT_DOMAINS
+    if node.domain not in _ORT_DOMAINS:
+        return False
+    # A plugin node written in the default domain (graphsurgeon scripts do that) is not ONNX.
+    return not (
+        node.domain in ("", "ai.onnx")
+        and not onnx.defs.has(node.op_type)
+        and find_kernel(node.domain, node.op_type) is not None
+    )
 
 
 def evaluate(
