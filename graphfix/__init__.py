@@ -15,6 +15,7 @@ Public API for users and rule authors::
 from __future__ import annotations
 
 from graphfix.api import ApplyOptions, apply, apply_file, build_passes, select_rules
+from graphfix.builder import AXES_INPUT_SINCE
 from graphfix.context import Context
 from graphfix.errors import (
     GraphfixError,
@@ -32,6 +33,7 @@ from graphfix.rule import Accept, Reject, Rule, accept, reject, rule
 __version__ = "0.1.0"
 
 __all__ = [
+    "AXES_INPUT_SINCE",
     "Accept",
     "ApplyOptions",
     "Context",

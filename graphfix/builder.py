@@ -9,7 +9,7 @@ Opset-dependent spellings (axes as attribute or input) are handled by the helper
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +17,12 @@ import numpy as np
 
 from graphfix import ir
 
-__all__ = ["Builder", "PendingNode", "TensorLike"]
+__all__ = ["Builder", "PendingNode", "TensorLike", "AXES_INPUT_SINCE"]
 
 TensorLike = ir.Tensor | np.ndarray | None
 
 # The opset from which each op takes its axes (or split sizes) as an input instead of an attribute.
-_AXES_INPUT_SINCE = {
+AXES_INPUT_SINCE = {
     "Unsqueeze": 13,
     "Squeeze": 13,
     "ReduceSum": 13,
@@ -110,7 +110,7 @@ class Builder:
         """`op_type` over `axes`, as an attribute or an input depending on the opset."""
         if axes is None:
             return self.node(op_type, x, **attrs)
-        if self.opset >= _AXES_INPUT_SINCE.get(op_type, 10**9):
+        if self.opset >= AXES_INPUT_SINCE.get(op_type, 10**9):
             axes_tensor = axes if isinstance(axes, ir.Tensor) else self.int64(list(axes))
             return self.node(op_type, x, axes_tensor, **attrs)
         if isinstance(axes, ir.Tensor):
@@ -145,7 +145,7 @@ class Builder:
 
     def split(self, x: ir.Tensor, sizes: Sequence[int], axis: int) -> tuple[ir.Variable, ...]:
         outputs = len(sizes)
-        if self.opset >= _AXES_INPUT_SINCE["Split"]:
+        if self.opset >= AXES_INPUT_SINCE["Split"]:
             result = self.node("Split", x, self.int64(list(sizes)), axis=axis, _outputs=outputs)
         else:
             result = self.node("Split", x, axis=axis, split=list(sizes), _outputs=outputs)
@@ -156,6 +156,48 @@ class Builder:
         import onnx
 
         return self.node("Cast", x, to=int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
+
+    def subgraph(
+        self,
+        name: str,
+        inputs: Sequence[tuple[Any, Sequence[int | str | None] | None]],
+        build: Callable[..., Sequence[ir.Tensor]],
+    ) -> ir.Graph:
+        """A subgraph (Loop or Scan body, If branch): the value of a node's graph attribute.
+
+        Args:
+            name: Suffix of the provenance prefix of the body's nodes and tensors.
+            inputs: The body's formal inputs as (numpy dtype, shape or None).
+            build: `build(op, *formal_inputs)` writes the body with a builder of its own (same
+                naming and opset) and returns the body's outputs.
+
+        Body nodes may read the formal inputs, tensors made inside the body, initializers, and
+        tensors this rewrite made before the call (outer-scope references). An existing tensor of
+        the enclosing graph must come in through a formal input: the body's edges are connected
+        here, outside the pass's journal, and only links to new tensors vanish with an undo.
+
+        Raises:
+            ValueError: The body reads an existing tensor of the enclosing graph.
+        """
+        inner = Builder(name, "", self._names, self.opset, self.ctx)
+        inner._prefix = f"{self._prefix}/{name}"
+        formal = [
+            ir.Variable(self._names.fresh(f"{inner._prefix}/in{i}"), dtype=np.dtype(dtype), shape=shape)
+            for i, (dtype, shape) in enumerate(inputs)
+        ]
+        outputs = list(build(inner, *formal))
+        allowed = {id(t) for t in formal} | {id(t) for spec in (*self.nodes, *inner.nodes) for t in spec.outputs}
+        for spec in inner.nodes:
+            for tensor in spec.inputs:
+                if not (tensor.is_empty() or isinstance(tensor, ir.Constant) or id(tensor) in allowed):
+                    raise ValueError(f"subgraph {name!r} reads {tensor.name!r} of the enclosing graph: "
+                                     "pass it in as a formal input")
+        nodes = [
+            ir.Node(op=s.op, name=s.name, attrs=dict(s.attrs), domain=s.domain or None,
+                    inputs=list(s.inputs), outputs=list(s.outputs))
+            for s in inner.nodes
+        ]
+        return ir.Graph(nodes=nodes, inputs=formal, outputs=outputs, opset=self.opset, name=inner._prefix)
 
     # -- internals
     def _as_tensor(self, value: TensorLike, op_type: str) -> ir.Tensor:

@@ -235,7 +235,8 @@ class _Applier:
             if isinstance(verdict, Reject) or verdict is False:
                 reason = verdict.reason if isinstance(verdict, Reject) else "check returned False"
                 where = verdict.where if isinstance(verdict, Reject) and verdict.where else node.name
-                self.near_miss(rule, where, reason, pattern.size + 1)
+                quiet = isinstance(verdict, Reject) and verdict.quiet
+                self.near_miss(rule, where, reason, 0 if quiet else pattern.size + 1)
                 return None
             if isinstance(verdict, Accept):
                 values = verdict.values
@@ -278,7 +279,7 @@ class _Applier:
 
     def near_miss(self, rule: Rule, node: str, reason: str, depth: int) -> None:
         best = self.result.near_misses.get(rule.name)
-        if best is None or depth > best.depth:
+        if best is None or depth > best.depth:  # the first of equally near misses stays
             self.result.near_misses[rule.name] = NearMiss(rule.name, node, reason, depth)
 
 

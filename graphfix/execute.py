@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,9 +87,22 @@ def _session(model: onnx.ModelProto) -> Any:
     # Fusions change accumulation order between the original and the rewritten graph; compare
     # graphs, not fusions.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    if ir.is_huge(model):
+        return _session_from_file(model, options)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _session_from_file(model: onnx.ModelProto, options: Any) -> Any:
+    """Over 2 GB a model cannot be one protobuf message: onnxruntime reads it from files.
+
+    The (freshly exported) proto's initializers are moved to external data in place.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="graphfix-session-") as folder:
+        path = Path(folder) / "model.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _first_line(error: Exception) -> str:

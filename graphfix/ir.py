@@ -61,6 +61,7 @@ __all__ = [
     "node_to_proto",
     "infer_output_types",
     "with_inferred_types",
+    "is_huge",
     "tensor_to_proto",
     "value_info",
     "is_empty",
@@ -180,9 +181,12 @@ def load(path: str | os.PathLike) -> Model:
     return from_proto(proto, path=Path(path), external_data=external)
 
 
-def from_proto(proto: onnx.ModelProto, *, path: Path | None = None, external_data: bool = False) -> Model:
+def from_proto(
+    proto: onnx.ModelProto, *, path: Path | None = None, external_data: bool = False, typed: bool = False
+) -> Model:
     """A working model of `proto` (which it takes over: initializers are not copied)."""
-    return Model(graph=import_proto(proto), source=_metadata(proto), path=path, external_data=external_data)
+    graph = import_proto(proto, typed=typed)
+    return Model(graph=graph, source=_metadata(proto), path=path, external_data=external_data)
 
 
 def _metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -195,25 +199,37 @@ def _metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
     return kept
 
 
-def with_inferred_types(proto: onnx.ModelProto) -> onnx.ModelProto:
+def with_inferred_types(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """`proto` with ONNX shape inference's value_info, so rules know intermediate dtypes.
 
-    Best effort: a model shape inference rejects (an export bug a repair rule fixes) or one
-    too large for a single protobuf keeps whatever value_info it has.
+    Returns:
+        The typed model and '' when strict shape inference accepts it; otherwise the best
+        effort of non-strict inference and the first line of the strict error (exports with
+        such nodes are what the repair rules are for). Models too large for one protobuf are
+        returned as they are.
     """
-    if _initializer_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
-        return proto
+    if is_huge(proto):
+        return proto, ""
     try:
-        return onnx.shape_inference.infer_shapes(proto)
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=True), ""
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as error:
-        logger.debug("shape inference failed: %s", error)
-        return proto
+        problem = str(error).strip().splitlines()[0]
+    try:
+        return onnx.shape_inference.infer_shapes(proto), problem
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
+        return proto, problem
 
 
-def import_proto(proto: onnx.ModelProto) -> Graph:
-    """A graphsurgeon graph of `proto`, typed by shape inference; initializers are not copied."""
+def is_huge(proto: onnx.ModelProto) -> bool:
+    """Too large for one protobuf message: must be checked and saved through files."""
+    return _initializer_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+
+
+def import_proto(proto: onnx.ModelProto, *, typed: bool = False) -> Graph:
+    """A graphsurgeon graph of `proto` (typed by shape inference unless `typed` says it already
+    is); initializers are not copied."""
     _check_unique_tensor_names(proto)
-    return _fastio.import_model(with_inferred_types(proto))
+    return _fastio.import_model(proto if typed else with_inferred_types(proto)[0])
 
 
 def _check_unique_tensor_names(proto: onnx.ModelProto) -> None:

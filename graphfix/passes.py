@@ -136,8 +136,9 @@ class ModelRulePass(Pass):
         else:
             record = RewriteRecord(rule.name, "<model>", "<model>", (), (), ())
             result.driver.rewrites.append(record)
+            values = verdict.values if isinstance(verdict, Accept) else {}
             if not dry_run:
-                transformed = _guarded(rule, "transforming", lambda: rule.transform_fn(ctx, proto))
+                transformed = _guarded(rule, "transforming", lambda: rule.transform_fn(ctx, proto, **values))
                 journal.swap(model, "graph", ir.import_proto(transformed))
         result.seconds = time.perf_counter() - start
         return result

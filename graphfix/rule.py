@@ -56,6 +56,7 @@ class Reject:
 
     reason: str
     where: str | None = None
+    quiet: bool = False
 
     def __bool__(self) -> bool:
         return False
@@ -66,10 +67,14 @@ def accept(**values: Any) -> Accept:
     return Accept(values)
 
 
-def reject(reason: str, where: Any = None) -> Reject:
-    """The check fails with `reason` at `where` (a node, a tensor or a name)."""
+def reject(reason: str, where: Any = None, *, quiet: bool = False) -> Reject:
+    """The check fails with `reason` at `where` (a node, a tensor or a name).
+
+    `quiet=True` for "not my business" rejections of rules whose pattern matches broadly: they
+    rank below every real near miss in `graphfix explain`.
+    """
     name = getattr(where, "name", where)
-    return Reject(reason, None if name is None else str(name))
+    return Reject(reason, None if name is None else str(name), quiet)
 
 
 @dataclass(frozen=True)

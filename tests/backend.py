@@ -126,7 +126,7 @@ def onnxruntime_refusal(model: onnx.ModelProto) -> str | None:
     try:
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several unrelated exception types
-        return str(error).splitlines()[0][-300:]
+        return str(error).splitlines()[0][:300]
     return None
 
 
