@@ -263,7 +263,7 @@ class _Applier:
             rule, node, "splicing",
             lambda: _Splice(self.journal, scope, self.names, node, builder.nodes, replacement),
         )
-        self.result.regions.append(splice.region(rule, match, scope.in_subgraph))
+        self.result.regions.append(splice.region(rule, {**match.bindings, **values}, scope.in_subgraph))
         return splice.new_nodes
 
     def guard(self, rule: Rule, node: ir.Node, stage: str, action: Callable[[], Any]) -> Any:
@@ -425,7 +425,8 @@ class _Splice:
             self.scope.node_ids.add(id(node))
             self.new_nodes.append(node)
 
-    def region(self, rule: Rule, match: Match, in_subgraph: bool) -> Region:
+    def region(self, rule: Rule, bindings: Mapping[str, Any], in_subgraph: bool) -> Region:
+        """The region record; `bindings` are the match's and the check's accepted values."""
         produced = {t.name for n in self.new_nodes for t in n.outputs}
         initializers: dict[str, ir.Constant] = {}
         inputs: dict[str, None] = {}
@@ -447,7 +448,7 @@ class _Splice:
         )
         reference = None
         if rule.has_reference:
-            reference = (rule, {k: _binding_name(v) for k, v in match.bindings.items() if not isinstance(v, ir.Node)})
+            reference = (rule, {k: _binding_name(v) for k, v in bindings.items() if not isinstance(v, ir.Node)})
             for value in reference[1].values():
                 for name in value if isinstance(value, list) else [value]:
                     if isinstance(name, TensorName) and name not in produced:

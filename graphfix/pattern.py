@@ -112,7 +112,7 @@ class NodePattern:
     """A node to match: op types (None = any), domain, inputs, attributes, capture name."""
 
     op_types: frozenset[str] | None
-    domain: str
+    domain: str | frozenset[str]
     inputs: tuple[Any, ...]
     attrs: Mapping[str, Any]
     capture: str | None = None
@@ -122,7 +122,8 @@ class NodePattern:
 
     def describe(self) -> str:
         ops = "*" if self.op_types is None else "|".join(sorted(self.op_types))
-        return ops if self.domain in _DEFAULT_DOMAINS else f"{self.domain}::{ops}"
+        domains = _domains(self.domain)
+        return ops if domains == _DEFAULT_DOMAINS else f"{'|'.join(sorted(domains))}::{ops}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,17 +137,18 @@ class NodeOutput:
 class PatternBuilder:
     """The `op` of pattern functions: `op.Add(a, b)`, `op.node({...}, x)`, `op.domain("d").Op(x)`."""
 
-    def __init__(self, domain: str = ""):
+    def __init__(self, domain: str | frozenset[str] = ""):
         self._domain = domain
 
-    def domain(self, name: str) -> PatternBuilder:
-        return PatternBuilder(name)
+    def domain(self, name: str | Iterable[str]) -> PatternBuilder:
+        """Patterns in another domain, or in any of several (mmcv ops come as mmdeploy or mmcv)."""
+        return PatternBuilder(name if isinstance(name, str) else frozenset(name))
 
     def node(
         self,
         op_types: str | Iterable[str] | None,
         *inputs: Any,
-        _domain: str | None = None,
+        _domain: str | Iterable[str] | None = None,
         _outputs: int = 1,
         _capture: str | None = None,
         _allow_extra_inputs: bool = False,
@@ -168,7 +170,7 @@ class PatternBuilder:
             commutative = ops is not None and ops <= COMMUTATIVE_OPS and len(inputs) == 2
         pattern = NodePattern(
             op_types=ops,
-            domain=self._domain if _domain is None else _domain,
+            domain=self._domain if _domain is None else (_domain if isinstance(_domain, str) else frozenset(_domain)),
             inputs=tuple(inputs),
             attrs=dict(attrs),
             capture=_capture,
@@ -307,7 +309,7 @@ class _State:
         if pattern.op_types is not None and node.op not in pattern.op_types:
             self.fail(f"expected {pattern.describe()}, found {node.op} ({node.name})", node, depth)
         if (node.domain or "") not in _domains(pattern.domain):
-            self.fail(f"{node.name} is in domain {node.domain!r}, expected {pattern.domain!r}", node, depth)
+            self.fail(f"{node.name} is in domain {node.domain!r}, expected {pattern.describe()}", node, depth)
         if node in self.nodes.values():
             self.fail(f"{node.name} would match two pattern nodes", node, depth)
         self.nodes[id(pattern)] = node
@@ -423,8 +425,10 @@ class _State:
                     )
 
 
-def _domains(domain: str) -> tuple[str, ...]:
-    return _DEFAULT_DOMAINS if domain in _DEFAULT_DOMAINS else (domain,)
+def _domains(domain: str | frozenset[str]) -> tuple[str, ...]:
+    if isinstance(domain, str):
+        return _DEFAULT_DOMAINS if domain in _DEFAULT_DOMAINS else (domain,)
+    return tuple(sorted({d for name in domain for d in _domains(name)}))
 
 
 def _origin(tensor: ir.Tensor) -> str:

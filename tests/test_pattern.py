@@ -222,3 +222,16 @@ def test_subgraph_matches_and_keeps_outer_scope_references():
 def test_pattern_outputs_must_share_one_root():
     with pytest.raises(TypeError):
         Pattern((PatternBuilder().Relu(Var("x")), PatternBuilder().Neg(Var("x"))))
+
+
+def test_domain_sets_match_any_listed_domain():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17, "mmcv" : 1]>
+    g (float[1,1,4,4] x, float[1,4,4,2] grid) => (float[1,1,4,4] y) {
+        y = mmcv.grid_sampler (x, grid)
+    }
+    """
+    graph = ir.import_proto(parse(text))
+    assert _matches("", lambda op, x, g: op.domain({"mmdeploy", "mmcv"}).grid_sampler(x, g), graph=graph)[0]
+    [miss] = _matches("", lambda op, x, g: op.domain({"mmdeploy"}).grid_sampler(x, g), graph=graph)
+    assert "expected mmdeploy::grid_sampler" in miss.reason
