@@ -78,6 +78,10 @@ class Context:
     def consumers(self, tensor: ir.Tensor | None) -> list[ir.Node]:
         return [] if tensor is None else ir.consumers(tensor)
 
+    def tensor(self, name: str) -> ir.Tensor | None:
+        """The tensor of this graph named `name` (for rule options that name a tensor)."""
+        return self.graph.tensors().get(name)
+
     def is_graph_output(self, tensor: ir.Tensor) -> bool:
         return any(tensor is out for out in self.graph.outputs)
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 import graphfix as gf
-from graphfix.kernels.nms import non_max_suppression
+from graphfix.kernels.nms import nms_parameters, per_group_nms
 
 # Ops between the scores' Concat and the NMS that keep the boxes' order (torchvision's nms
 # export: Cast(Unsqueeze(Unsqueeze(scores)))).
@@ -43,8 +43,7 @@ class OffsetNmsGroups:
     (`reference`: per-group ONNX NMS in numpy, merged by score), not against the original
     graph. Near misses: NMS inside an If/Loop body (there only an end-to-end run against the
     original could verify it), center_point_box=1 (shifting would move the sizes too), other
-    layouts. Not supported: a user-named group-id tensor for other graph shapes, because
-    `reference` receives only the pattern's bindings, so the groups must be pattern-bound.
+    layouts; for those, `offset_nms_by_group_ids` takes a user-named group-id tensor.
     """
 
     def pattern(self, op, groups, concat_axis, to, scores, max_boxes, iou_threshold, score_threshold, center_point_box):
@@ -89,55 +88,8 @@ class OffsetNmsGroups:
     def reference(self, ctx, groups, to, scores, max_boxes, iou_threshold, score_threshold):
         boxes = np.concatenate(groups, axis=0)[None].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
         group_of = np.repeat(np.arange(len(groups)), [len(part) for part in groups])
-        return per_group_nms(
-            boxes, scores, group_of, limit=_first(max_boxes, 0), iou_threshold=_first(iou_threshold, 0.0),
-            score_threshold=_first(score_threshold, None),
-        )
-
-
-def per_group_nms(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    group_of: np.ndarray,
-    limit: int,
-    iou_threshold: float,
-    score_threshold: float | None,
-) -> np.ndarray:
-    """ONNX NonMaxSuppression run separately on each group, merged as one NMS would list them.
-
-    Args:
-        boxes: [B, N, 4] corners.
-        scores: [B, C, N].
-        group_of: [N] group of each box.
-        limit: max_output_boxes_per_class, counted over all groups.
-        iou_threshold: Suppress when IoU > this.
-        score_threshold: Candidates need a score > this; None: no threshold input.
-
-    Returns:
-        selected_indices [K, 3] int64 (batch, class, box), by batch, class, descending score,
-        ties by box index, at most `limit` per batch and class.
-    """
-    found = [np.zeros((0, 3), np.int64)]
-    for group in np.unique(group_of):
-        members = np.flatnonzero(group_of == group)
-        rows = non_max_suppression(
-            boxes[:, members], scores[:, :, members], members.size, iou_threshold, score_threshold)
-        rows[:, 2] = members[rows[:, 2]]
-        found.append(rows)
-    rows = np.concatenate(found)
-    score = scores.astype(np.float32)[rows[:, 0], rows[:, 1], rows[:, 2]]
-    rows = rows[np.lexsort((rows[:, 2], -score, rows[:, 1], rows[:, 0]))]
-    # Rows are now in (batch, class) blocks; keep the first `limit` of each block.
-    _, starts, counts = np.unique(rows[:, 0] * scores.shape[1] + rows[:, 1], return_index=True, return_counts=True)
-    rank_in_block = np.arange(len(rows)) - np.repeat(starts, counts)
-    return rows[rank_in_block < max(limit, 0)]
-
-
-def _first(value: np.ndarray | None, default: Any) -> Any:
-    """The scalar of an optional NMS input (absent or empty: `default`)."""
-    if value is None or np.size(value) == 0:
-        return default
-    return np.asarray(value).reshape(-1)[0].item()
+        limit, iou, score = nms_parameters(max_boxes, iou_threshold, score_threshold)
+        return per_group_nms(boxes, scores, group_of, limit=limit, iou_threshold=iou, score_threshold=score)
 
 
 def _length(ctx: gf.Context, tensor: Any) -> int | None:

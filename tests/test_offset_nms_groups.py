@@ -14,7 +14,7 @@ from rulecheck import op_types, rewrite
 
 from graphfix import api
 from graphfix._loader import load_rules
-from graphfix.rules.offset_nms_groups import per_group_nms
+from graphfix.kernels.nms import per_group_nms
 
 RULE = "offset_nms_groups"
 VERIFIED_BY_REFERENCE = "against the rule's reference semantics"

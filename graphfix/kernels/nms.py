@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["non_max_suppression", "nonmaxsuppression_kernel", "efficient_nms", "efficient_nms_trt_kernel"]
+__all__ = [
+    "non_max_suppression",
+    "nonmaxsuppression_kernel",
+    "per_group_nms",
+    "nms_parameters",
+    "efficient_nms",
+    "efficient_nms_trt_kernel",
+]
 
 _F32 = np.float32
 # EfficientNMS_TRT internals (NVIDIA/TensorRT plugin/efficientNMSPlugin, 8.5+):
@@ -91,17 +98,69 @@ def nonmaxsuppression_kernel(inputs: Sequence[np.ndarray | None], attrs: Mapping
     Returns:
         [selected_indices].
     """
-    optional = [*inputs[2:5], None, None, None][:3]
-    max_boxes, iou, score = (None if v is None or np.size(v) == 0 else np.asarray(v).reshape(-1)[0] for v in optional)
+    limit, iou, score = nms_parameters(*[*inputs[2:5], None, None, None][:3])
     return [
         non_max_suppression(
             inputs[0], inputs[1],
-            max_output_boxes_per_class=0 if max_boxes is None else int(max_boxes),
-            iou_threshold=0.0 if iou is None else float(iou),
-            score_threshold=None if score is None else float(score),
+            max_output_boxes_per_class=limit,
+            iou_threshold=iou,
+            score_threshold=score,
             center_point_box=int(attrs.get("center_point_box", 0)),
         )
     ]
+
+
+def nms_parameters(
+    max_boxes: np.ndarray | None, iou_threshold: np.ndarray | None, score_threshold: np.ndarray | None
+) -> tuple[int, float, float | None]:
+    """NonMaxSuppression's optional scalar inputs as (limit, iou threshold, score threshold).
+
+    Absent or empty inputs take the spec's defaults: no limit (0), IoU threshold 0, and no
+    score threshold (None).
+    """
+    def scalar(value: np.ndarray | None) -> Any:
+        return None if value is None or np.size(value) == 0 else np.asarray(value).reshape(-1)[0].item()
+
+    limit, iou, score = scalar(max_boxes), scalar(iou_threshold), scalar(score_threshold)
+    return (0 if limit is None else int(limit)), (0.0 if iou is None else float(iou)), (None if score is None else float(score))
+
+
+def per_group_nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    group_of: np.ndarray,
+    limit: int,
+    iou_threshold: float,
+    score_threshold: float | None,
+) -> np.ndarray:
+    """ONNX NonMaxSuppression run separately on each group, merged as one NMS would list them.
+
+    Args:
+        boxes: [B, N, 4] corners.
+        scores: [B, C, N].
+        group_of: [N] group of each box.
+        limit: max_output_boxes_per_class, counted over all groups.
+        iou_threshold: Suppress when IoU > this.
+        score_threshold: Candidates need a score > this; None: no threshold input.
+
+    Returns:
+        selected_indices [K, 3] int64 (batch, class, box), by batch, class, descending score,
+        ties by box index, at most `limit` per batch and class.
+    """
+    found = [np.zeros((0, 3), np.int64)]
+    for group in np.unique(group_of):
+        members = np.flatnonzero(group_of == group)
+        rows = non_max_suppression(
+            boxes[:, members], scores[:, :, members], members.size, iou_threshold, score_threshold)
+        rows[:, 2] = members[rows[:, 2]]
+        found.append(rows)
+    rows = np.concatenate(found)
+    score = scores.astype(np.float32)[rows[:, 0], rows[:, 1], rows[:, 2]]
+    rows = rows[np.lexsort((rows[:, 2], -score, rows[:, 1], rows[:, 0]))]
+    # Rows are now in (batch, class) blocks; keep the first `limit` of each block.
+    _, starts, counts = np.unique(rows[:, 0] * scores.shape[1] + rows[:, 1], return_index=True, return_counts=True)
+    rank_in_block = np.arange(len(rows)) - np.repeat(starts, counts)
+    return rows[rank_in_block < max(limit, 0)]
 
 
 def efficient_nms(
