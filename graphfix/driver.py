@@ -261,7 +261,7 @@ class _Applier:
             return []
         splice = self.guard(
             rule, node, "splicing",
-            lambda: _Splice(self.journal, scope, self.names, node, builder.nodes, replacement),
+            lambda: _Splice(self.journal, scope, self.names, node, builder.nodes, replacement, rule.has_reference),
         )
         self.result.regions.append(splice.region(rule, {**match.bindings, **values}, scope.in_subgraph))
         return splice.new_nodes
@@ -351,10 +351,13 @@ class _Splice:
         root: ir.Node,
         pending: list[PendingNode],
         replacement: Any,
+        changes_shapes: bool = False,
     ):
         self.journal = journal
         self.scope = scope
         self.names = names
+        # A rule with its own reference semantics may change output shapes on purpose.
+        self.changes_shapes = changes_shapes
         self.root = root
         self.pending = pending
         self.compare: list[tuple[str, str]] = []
@@ -406,8 +409,8 @@ class _Splice:
     def _rename(self, new: ir.Tensor, original: ir.Tensor) -> None:
         """Make the new producer produce `original` itself, keeping its name (and its type,
         unless only the new tensor's is known)."""
-        if original.dtype is None and new.dtype is not None:
-            original.dtype, original.shape = new.dtype, new.shape
+        if (original.dtype is None and new.dtype is not None) or self.changes_shapes:
+            original.dtype, original.shape = new.dtype or original.dtype, new.shape
         for node in self.pending:
             node.outputs = [original if t is new else t for t in node.outputs]
             node.inputs = [original if t is new else t for t in node.inputs]
