@@ -412,8 +412,23 @@ class PassManager:
             return None
         worst = max((c for c in comparisons if not c.ok), key=lambda c: c.max_abs)
         self._roll_back(culprit, f"end-to-end output {worst.tensor} differs after this pass "
-                                 f"(max abs err {worst.max_abs:.3g}; found by bisecting passes)", worst)
+                                 f"(max abs err {worst.max_abs:.3g}; found by bisecting passes)"
+                                 f"{self._first_divergence(culprit)}", worst)
         return culprit
+
+    def _first_divergence(self, index: int) -> str:
+        """Where, inside the model, pass `index` first changed values (graphfix bisect)."""
+        from graphfix.bisect import first_divergence
+
+        self._goto(index)
+        before = ir.to_proto(self._model)
+        self._goto(index + 1)
+        after = ir.to_proto(self._model)
+        try:
+            found = first_divergence(before, after, self.verifier.feeds, self.verifier.tolerance)
+        except execute.NotRunnable:
+            return ""
+        return "" if found is None else f"; {found.describe()}"
 
     def _bisect(self, start: int, expected: dict[str, Any]) -> int | None:
         """The first pass after which outputs differ (binary search over applied passes)."""

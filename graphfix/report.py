@@ -6,6 +6,7 @@ Imports nothing from graphfix, so any module may build these records.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -115,8 +116,19 @@ class ApplyReport:
 
 
 def to_json(report: Any) -> str:
-    """JSON of any report dataclass (stable key order)."""
-    return json.dumps(asdict(report), indent=2, sort_keys=True, default=str)
+    """JSON of any report dataclass (stable key order); infinite and NaN errors become the
+    strings "inf", "-inf" and "nan", since JSON has no such numbers."""
+    return json.dumps(_finite(asdict(report)), indent=2, sort_keys=True, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _error(p: PassReport) -> str:

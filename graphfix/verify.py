@@ -104,10 +104,16 @@ def parse_input_range(text: str) -> tuple[str, tuple[float, float]]:
 
 
 def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
-    """Input arrays from an .npz file, by input name (keys may carry an `input:` prefix)."""
+    """Input arrays from an .npz file, by input name.
+
+    Keys are input names; when any key has the `input:` prefix (graphfix's samples also store
+    reference outputs in the same file), only those keys are inputs.
+    """
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {key.removeprefix("input:"): data[key] for key in data.files if not key.startswith(("torch:", "expected:", "reference:"))}
+            prefixed = [key for key in data.files if key.startswith("input:")]
+            keys = prefixed or data.files
+            return {key.removeprefix("input:"): data[key] for key in keys}
     except (OSError, ValueError) as error:
         raise InputError(f"--inputs {path}: cannot read ({error})") from None
 

@@ -249,3 +249,4 @@ def test_model_rules_are_verified_end_to_end_and_rolled_back_when_wrong():
     _, report = rewrite(parse(REDUCE_18), "break_the_model", extra_rules=[BreakTheModel])
     assert report.passes[0].status == "rolled back"
     assert "out" in report.passes[0].detail
+    assert "first divergence at tensor 'out'" in report.passes[0].detail and "ReduceMax" in report.passes[0].detail
