@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from graphfix.errors import GraphfixError
+from graphfix.errors import BuilderUnavailableError, EngineBuildError, GraphfixError, InputError, UsageError
 
 __all__ = ["main"]
 
@@ -141,9 +142,18 @@ def _run_apply(args: argparse.Namespace) -> int:
         _render_dry_run(report, console)
     else:
         render_apply(report, console)
+        console.print(_remaining_line(report), markup=False)
     if args.report:
         _write_text(args.report, to_json(report))
     return 0
+
+
+def _remaining_line(report: Any) -> str:
+    """One line on what `graphfix check` still finds on the written model."""
+    if not report.remaining:
+        return f"check [target {report.target}]: clean"
+    where = report.output or report.input
+    return f"check [target {report.target}]: {len(report.remaining)} finding(s) remain (graphfix check {where} --target {report.target})"
 
 
 def _render_dry_run(report: Any, console: Any) -> None:
@@ -230,11 +240,254 @@ def _run_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- check
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the ONNX model")
+    _add_rule_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON (for CI)")
+    parser.set_defaults(handler=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from graphfix import ir
+    from graphfix._loader import load_rules
+    from graphfix.api import resolve_target
+    from graphfix.check import check
+
+    target = resolve_target(args.target)
+    rule_set = load_rules(args.rules)
+    model = ir.load(args.model)
+    report = _ask_parser(check(model, target, rule_set.rules.values()), model)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _render_check(report, _console())
+    return 0 if report.clean else 1
+
+
+def _ask_parser(report: Any, model: Any) -> Any:
+    """Add the installed TensorRT parser's verdict to the report, when tensorrt imports."""
+    from graphfix import trt
+    from graphfix.check import with_parser
+
+    try:
+        errors = trt.parse_check(model.path)
+    except trt.TensorRTUnavailable:
+        return report
+    except Exception as error:  # tensorrt imports but cannot run here (no GPU, driver mismatch)
+        logger.warning("could not ask the installed TensorRT parser: %s: %s", type(error).__name__, error)
+        return report
+    import tensorrt
+
+    return with_parser(report, model, tensorrt.__version__, _profile_name(tensorrt.__version__), errors)
+
+
+def _profile_name(version: str) -> str:
+    """The target an installed TensorRT version resolves to (9.x has no profile)."""
+    from graphfix import targets
+
+    try:
+        return targets.resolve_target(version).name
+    except ValueError:
+        return f"TensorRT {version} (no profile)"
+
+
+_KIND_STYLES = {"unsupported": "red", "silent": "bold red", "plugin": "dim"}
+
+
+def _render_check(report: Any, console: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from graphfix.check import KIND_LABELS
+
+    title = escape(f"graphfix check {report.model} [target {report.target}: {report.target_label}]")
+    if report.findings:
+        table = Table(title=title, title_justify="left")
+        for column in ("op", "node", "kind", "reason", "fixing rule"):
+            table.add_column(column, overflow="fold")  # node names are never cut short
+        for op, found in report.by_op.items():
+            for index, finding in enumerate(found):
+                # Like the op, the fix is written once per run of the same limitation.
+                same = index > 0 and found[index - 1].limitation == finding.limitation
+                table.add_row(
+                    escape(op) if index == 0 else "",
+                    escape(finding.node + (" (in a subgraph)" if finding.in_subgraph else "")),
+                    KIND_LABELS[finding.kind],
+                    escape(finding.reason),
+                    "" if same else escape(finding.fix if finding.rules else f"no rule: {finding.advice}"),
+                    style=_KIND_STYLES[finding.kind],
+                )
+            table.add_section()
+        console.print(table)
+    else:
+        console.print(title)
+    if report.parser:
+        _render_parser(report, console)
+    console.print(escape(_check_summary(report)))
+
+
+def _render_parser(report: Any, console: Any) -> None:
+    from rich.markup import escape
+
+    verdict = report.parser
+    said = "took the model" if not verdict.errors else f"refused it: {'; '.join(f'{n}: {m}' for n, m in verdict.errors)}"
+    console.print(escape(f"installed TensorRT {verdict.version} parser ({verdict.target}) {said}"))
+    if not verdict.compared:
+        console.print(escape(f"not compared with the {report.target} profile: the installed TensorRT is another release"))
+    for disagreement in verdict.disagreements:
+        console.print(f"[red]disagreement[/]: {escape(disagreement)}")
+
+
+def _check_summary(report: Any) -> str:
+    counts = report.counts
+    notes = f"; {counts['plugin']} plugin note(s)" if counts["plugin"] else ""
+    if report.clean:
+        return f"{report.target}: clean ({report.nodes} nodes checked{notes})"
+    disagreements = len(report.parser.disagreements) if report.parser else 0
+    return (
+        f"{report.target}: not clean: {counts['unsupported']} unsupported, {counts['silent']} silent mismatch(es)"
+        + (f", {disagreements} disagreement(s) with the parser" if disagreements else "")
+        + f"{notes} ({report.nodes} nodes checked)"
+    )
+
+
+# ----------------------------------------------------------------------------- build / trtexec-args
+
+
+def _configure_build(parser: argparse.ArgumentParser) -> None:
+    _add_build_options(parser)
+    parser.set_defaults(handler=_run_build)
+
+
+def _configure_trtexec_args(parser: argparse.ArgumentParser) -> None:
+    _add_build_options(parser)
+    parser.set_defaults(handler=_run_trtexec_args)
+
+
+def _add_build_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the ONNX model (e.g. what graphfix apply wrote)")
+    parser.add_argument("-o", "--output", metavar="ENGINE", help="the engine file (default: MODEL_STEM.TARGET.engine next to the model)")
+    parser.add_argument("--target", metavar="TRT", help="TensorRT release to build for: trt8.6, 10.16, tensorrt==8.6 (default: the installed tensorrt)")
+    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels (weakly typed builds; not on 11.x)")
+    parser.add_argument("--bf16", action="store_true", help="allow BF16 kernels (10.x)")
+    parser.add_argument("--int8", action="store_true", help="allow INT8 kernels (needs Q/DQ nodes or calibration)")
+    parser.add_argument("--shapes", action="append", default=[], metavar="NAME:MIN:OPT:MAX", help="optimization profile of an input, dims as AxBxC (repeatable or comma-separated; default: from the symbolic dims)")
+    parser.add_argument("--plugins", action="append", default=[], metavar="LIB", help="plugin library to load before parsing (repeatable)")
+    parser.add_argument("--workspace", type=int, metavar="MiB", help="workspace memory pool limit in MiB")
+    parser.add_argument("--layer-precisions", action="append", default=[], metavar="NAME:PREC,...", help="per-layer precision by ONNX node name, e.g. /head/Softmax:fp32 (repeatable or comma-separated)")
+    parser.add_argument("--timing-cache", metavar="FILE", help="timing cache file, read if present and written after the build")
+
+
+def _build_plan(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The validated build plan of the command line, and its target."""
+    from graphfix import trt
+    from graphfix.api import resolve_target
+
+    target = resolve_target(args.target)
+    inputs = _input_specs(args.model)
+    try:
+        plan = trt.make_plan(
+            args.model,
+            inputs,
+            target,
+            fp16=args.fp16,
+            bf16=args.bf16,
+            int8=args.int8,
+            shapes=_comma_separated(args.shapes),
+            plugins=args.plugins,
+            workspace_mib=args.workspace,
+            layer_precisions=_comma_separated(args.layer_precisions),
+            timing_cache=args.timing_cache,
+            engine_path=args.output,
+        )
+    except trt.PlanError as error:
+        raise UsageError(str(error)) from None
+    for warning in plan.warnings:
+        print(f"graphfix: warning: {warning}", file=sys.stderr)
+    return plan, target
+
+
+def _input_specs(path: str) -> list[Any]:
+    """The model's graph inputs: name, dtype and dims (symbolic dims by name)."""
+    from graphfix import ir, trt
+
+    specs = []
+    for tensor in ir.load(path).graph.inputs:
+        dims, dtype = ir.shape(tensor), ir.dtype_name(tensor)
+        if dims is None or dtype is None:
+            raise InputError(f"{path}: input {tensor.name!r} has no {'rank' if dims is None else 'element type'}; TensorRT needs both")
+        specs.append(trt.InputSpec(tensor.name, dtype, dims))
+    return specs
+
+
+def _comma_separated(items: Sequence[str]) -> list[str]:
+    # trtexec's own list syntax: names cannot contain commas there either.
+    return [part for item in items for part in item.split(",") if part]
+
+
+def _trtexec_command(plan: Any, target: Any) -> str:
+    from graphfix import trt
+
+    try:
+        return trt.format_command(trt.trtexec_argv(plan, target))
+    except trt.PlanError as error:
+        raise UsageError(str(error)) from None
+
+
+def _run_trtexec_args(args: argparse.Namespace) -> int:
+    plan, target = _build_plan(args)
+    print(_trtexec_command(plan, target))
+    print(f"graphfix: trtexec flags of {target.label} (target {target.name})", file=sys.stderr)
+    return 0
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from graphfix import trt
+
+    plan, target = _build_plan(args)
+    if not Path(plan.engine_path).parent.is_dir():
+        raise InputError(f"{plan.engine_path}: its folder does not exist")
+    try:
+        engine = trt.build_engine(plan)
+    except trt.TensorRTUnavailable:
+        return _build_with_trtexec(plan, target)
+    except (trt.ParseError, trt.BuildError) as error:
+        raise EngineBuildError(str(error)) from None
+    Path(plan.engine_path).write_bytes(engine)
+    print(f"built {plan.engine_path} with the tensorrt Python API [target {target.name}]")
+    return 0
+
+
+def _build_with_trtexec(plan: Any, target: Any) -> int:
+    from graphfix import trt
+
+    command = _trtexec_command(plan, target)
+    try:
+        trt.run_trtexec(plan, target)
+    except trt.TrtexecNotFound:
+        print(command)
+        raise BuilderUnavailableError(
+            f"not built: the tensorrt Python package does not import and trtexec is not on PATH; "
+            f"run the command above where {target.label} is installed"
+        ) from None
+    except trt.TrtexecError as error:
+        print(error.output_tail, file=sys.stderr)
+        raise EngineBuildError(f"trtexec exited with status {error.returncode}: {error.command}") from None
+    print(f"built {plan.engine_path} with trtexec [target {target.name}]: {command}")
+    return 0
+
+
 _COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("apply", "rewrite a model for TensorRT, verifying every pass with onnxruntime", _configure_apply),
     ("rules", "list the rules (built-in, installed packs, --rules files)", _configure_rules),
     ("explain", "say why a rule does or does not fire on a model (its matches and nearest miss)", _configure_explain),
     ("targets", "list the TensorRT targets", _configure_targets),
+    ("check", "list what a TensorRT target cannot parse or silently computes differently, and the rules that fix it", _configure_check),
+    ("build", "build a TensorRT engine (tensorrt Python API, else trtexec, else print the trtexec command)", _configure_build),
+    ("trtexec-args", "print the trtexec command that builds the model, in the target's flag spelling", _configure_trtexec_args),
 ]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "BuilderUnavailableError",
+    "EngineBuildError",
     "GraphfixError",
     "InputError",
     "RuleLoadError",
@@ -38,3 +40,17 @@ class VerificationError(GraphfixError):
     """`--strict`: a pass changed results, or could not be verified."""
 
     exit_code = 1
+
+
+class EngineBuildError(GraphfixError):
+    """TensorRT was asked and failed: the parser refused the model, the builder returned no
+    engine, or trtexec exited with an error."""
+
+    exit_code = 1
+
+
+class BuilderUnavailableError(GraphfixError):
+    """`graphfix build`: neither the tensorrt Python package nor trtexec is available, so the
+    trtexec command was printed instead of run."""
+
+    exit_code = 4
