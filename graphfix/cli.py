@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from graphfix.cli_debug import COMMANDS as DEBUG_COMMANDS
 from graphfix.errors import BuilderUnavailableError, EngineBuildError, GraphfixError, InputError, UsageError
 
 __all__ = ["main"]
@@ -489,6 +490,7 @@ _COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("build", "build a TensorRT engine (tensorrt Python API, else trtexec, else print the trtexec command)", _configure_build),
     ("trtexec-args", "print the trtexec command that builds the model, in the target's flag spelling", _configure_trtexec_args),
 ]
+_COMMANDS += DEBUG_COMMANDS
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class MakeNonzeroStatic:
         if ctx.attr(topk, "axis") % selected_rank != axis:
             return gf.reject(f"TopK reduces axis {ctx.attr(topk, 'axis')}, not the selected axis {axis}", topk)
         unavailable = flags_unavailable(ctx, mask)
-        if unavailable:
+        if unavailable is not None:  # a Reject is falsy
             return unavailable
         largest = bool(ctx.attr(topk, "largest"))
         masked_axes = list(range(mask_rank)) if select.op == "GatherND" else [axis]

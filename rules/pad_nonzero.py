@@ -50,7 +50,10 @@ class PadNonzero:
         rank = ctx.rank(x)
         if not rank:
             return gf.reject("the input's rank is unknown or 0", x)
-        return flags_unavailable(ctx, x) or gf.accept(max_count=max_count, rank=rank)
+        unavailable = flags_unavailable(ctx, x)  # a Reject is falsy: `or` would accept it
+        if unavailable is not None:
+            return unavailable
+        return gf.accept(max_count=max_count, rank=rank)
 
     def rewrite(self, op, x, max_count, rank):
         flat = op.Reshape(nonzero_flags(op, x), op.int64([-1]))

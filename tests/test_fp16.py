@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 from conftest import SAMPLES, graphfix_cli, parse
-from test_bisect import needs_cli
 
 from graphfix import execute, fp16, targets
 from graphfix.bisect import compare_to_scale
@@ -210,7 +209,6 @@ def test_capture_memory_stays_within_a_small_budget():
 # ----------------------------------------------------------------------------- through the CLI
 
 
-@needs_cli
 def test_cli_writes_the_mixed_model_the_flags_and_json(tmp_path):
     mixed, report = tmp_path / "mixed.onnx", tmp_path / "report.json"
     result = graphfix_cli("fp16-guard", str(SAMPLE), "--inputs", str(SAMPLES / "fp16_overflow.npz"), "--write-mixed", str(mixed),
@@ -223,7 +221,6 @@ def test_cli_writes_the_mixed_model_the_flags_and_json(tmp_path):
     onnx.checker.check_model(str(mixed), full_check=True)
 
 
-@needs_cli
 def test_cli_strict_fails_when_the_mixed_model_misses_the_tolerance():
     """maskrcnn_tiny's RPN TopK reorders near-equal scores in FP16: no small FP32 set fixes it."""
     result = graphfix_cli("fp16-guard", str(SAMPLES / "maskrcnn_tiny.onnx"), "--inputs", str(SAMPLES / "maskrcnn_tiny.npz"),
@@ -233,7 +230,6 @@ def test_cli_strict_fails_when_the_mixed_model_misses_the_tolerance():
     assert graphfix_cli("fp16-guard", str(SAMPLE), "--inputs", str(SAMPLES / "fp16_overflow.npz"), "--strict").returncode == 0
 
 
-@needs_cli
 def test_cli_refuses_bad_usage_in_one_line(tmp_path):
     for args, message in (((str(SAMPLE), "--margin", "0"), "--margin"), ((str(SAMPLE), "--write-mixed", str(SAMPLE)), "overwrite"),
                           ((str(SAMPLE), "--inputs", str(tmp_path / "missing.npz")), "cannot read"),
