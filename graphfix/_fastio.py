@@ -129,7 +129,9 @@ class _Importer:
         for initializer in proto.initializer:
             local[initializer.name] = OnnxImporter.import_tensor(initializer)
         for info in proto.value_info:
-            tensor = local.get(info.name)
+            # Shape inference also lists outer-scope tensors in a body's value_info; a local
+            # copy would cut the body off the outer producer (names are unique in ONNX).
+            tensor = local.get(info.name, outer.get(info.name))
             if tensor is None:
                 tensor = local[info.name] = _new_variable(info.name)
             if isinstance(tensor, gs.Variable) and tensor.dtype is None:

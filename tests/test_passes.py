@@ -250,3 +250,14 @@ def test_model_rules_are_verified_end_to_end_and_rolled_back_when_wrong():
     assert report.passes[0].status == "rolled back"
     assert "out" in report.passes[0].detail
     assert "first divergence at tensor 'out'" in report.passes[0].detail and "ReduceMax" in report.passes[0].detail
+
+
+def test_whole_model_rules_keep_subgraphs_wired_to_outer_producers():
+    """After a whole-model rule re-imports the graph, If bodies still read the outer tensors
+    (shape inference lists them in the bodies' value_info; they must not become local copies)."""
+    from conftest import SAMPLES
+
+    model = onnx.load(SAMPLES / "maskrcnn_tiny.onnx")
+    result, report = rewrite(model, "clamp_int64_weights", "replace_cast_to_bool", target="trt7.2")
+    assert [p.status for p in report.passes] == ["verified", "verified"]
+    assert len(result.graph.node) > 1000  # nothing the If bodies read was dropped as dead
