@@ -51,6 +51,7 @@ class PassResult:
     seconds: float
     driver: DriverResult = field(default_factory=DriverResult)
     whole_graph: bool = False  # no regions: only an end-to-end run verifies it
+    opsets: list[Any] = field(default_factory=list)  # the model's opsets its regions were built at
     error: str = ""
     status: str = ""
     detail: str = ""
@@ -209,6 +210,7 @@ class PassManager:
 
     def _apply(self, pass_: Pass) -> PassResult:
         result = pass_.apply(self._model, self._names, target=self.target, dry_run=self.dry_run)
+        result.opsets = _opsets(self._model)  # a later whole-model rule may change them
         if result.whole_graph and result.changed:
             self._names = ir.NameRegistry(self._model.graph)
         if result.error:
@@ -313,7 +315,6 @@ class PassManager:
         self._goto(position)
 
     def _check_regions(self, first: int) -> None:
-        opsets = _opsets(self._model)
         index = first
         while index < len(self._results):
             result = self._results[index]
@@ -323,7 +324,7 @@ class PassManager:
                 continue
             keep = reference_reads([g for r in self._results[index:] for g in r.regions])
             self._ensure_captured(index)
-            failure = self._check_pass_regions(result, opsets, keep)
+            failure = self._check_pass_regions(result, result.opsets, keep)
             if failure is not None:
                 self._roll_back(index, *failure)
                 continue
