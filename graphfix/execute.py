@@ -114,10 +114,9 @@ def _first_line(error: Exception) -> str:
 
 
 def _blamed_node(message: str, nodes: Sequence[onnx.NodeProto]) -> onnx.NodeProto | None:
-    for node in nodes:
-        if node.name and (f"'{node.name}'" in message or f"Name:'{node.name}'" in message or f"node {node.name}" in message):
-            return node
-    return None
+    """The node onnxruntime's message names (it quotes names as 'x', (x), Name:'x', ...)."""
+    named = [n for n in nodes if n.name and n.name in message]
+    return max(named, key=lambda n: len(n.name), default=None)
 
 
 def _with_ir_version(model: onnx.ModelProto, version: int) -> onnx.ModelProto:

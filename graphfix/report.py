@@ -137,6 +137,14 @@ def _error(p: PassReport) -> str:
     return f"{p.max_abs:.2e} / {p.max_rel:.2e}"
 
 
+_TABLE_DETAIL = 48
+
+
+def _short(detail: str) -> str:
+    """Details longer than a table cell are printed whole below the table."""
+    return detail if len(detail) <= _TABLE_DETAIL else detail[: _TABLE_DETAIL - 3] + "..."
+
+
 def render_apply(report: ApplyReport, console: Any = None) -> None:
     """Print the pass table, verification and failures with rich (to `console` or stdout)."""
     from rich.console import Console
@@ -164,10 +172,13 @@ def render_apply(report: ApplyReport, console: Any = None) -> None:
             f"-{p.nodes_removed}/+{p.nodes_added}",
             _error(p),
             f"{p.seconds:.2f}s",
-            escape(p.status + (f": {p.detail}" if p.detail else "")),
+            escape(p.status + (f": {_short(p.detail)}" if p.detail else "")),
             style=style,
         )
     console.print(table)
+    for p in report.passes:
+        if p.status in (STATUS_ROLLED_BACK, STATUS_UNVERIFIED) and len(p.detail) > _TABLE_DETAIL:
+            console.print(f"{escape(p.name)} {p.status}: {escape(p.detail)}", style="red" if p.status == STATUS_ROLLED_BACK else "yellow")
     quiet = [p.name for p in report.passes if p.status == STATUS_UNCHANGED and not p.matches]
     if quiet:
         console.print(f"no match: {', '.join(quiet)}")
@@ -178,8 +189,19 @@ def render_apply(report: ApplyReport, console: Any = None) -> None:
     )
     for warning in report.warnings:
         console.print(f"[yellow]warning[/]: {escape(warning)}")
-    for finding in report.remaining:
-        console.print(f"[yellow]remains[/]: {escape(str(finding.get('node')))} ({finding.get('op_type')}): {escape(str(finding.get('reason')))}")
+    for (op_type, kind, fix), findings in _grouped(report.remaining).items():
+        first = findings[0]
+        more = f" (and {len(findings) - 1} more {op_type})" if len(findings) > 1 else ""
+        where = str(first.get("node")) if first.get("node") == op_type else f"{first.get('node')} ({op_type})"
+        console.print(f"[yellow]remains[/] {kind}: " + escape(f"{where}: {first.get('reason')}{more} [{fix}]"))
+
+
+def _grouped(findings: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for finding in findings:
+        key = (str(finding.get("op_type")), str(finding.get("kind")), str(finding.get("rule") or "no rule"))
+        groups.setdefault(key, []).append(finding)
+    return groups
 
 
 def _render_verification(summary: VerificationSummary, console: Any) -> None:

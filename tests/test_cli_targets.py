@@ -79,9 +79,9 @@ def test_clip_with_computed_max_fails_trt80_and_passes_after_apply(tmp_path):
     assert "check [target trt8.0]" in applied.stdout
     code, after = check_json(fixed, "trt8.0")
     assert "Clip" not in after["ops"]
-    # What stays has no rule, and apply printed each of it.
+    # What stays has no rule, and apply printed it.
     assert all(f["fix"] == "no rule" for found in after["ops"].values() for f in found)
-    assert all(f"remains: {f['node']} " in applied.stdout for found in after["ops"].values() for f in found)
+    assert all(f"{f['node']} ({f['op_type']})" in applied.stdout for found in after["ops"].values() for f in found)
 
 
 def test_human_table_names_target_node_reason_and_rule():
