@@ -98,7 +98,7 @@ def select_rules(rule_set: RuleSet, options: ApplyOptions, target: Any) -> list[
     """The rules to run: the target's (or `only`), plus `enable`, minus `skip`, with options.
 
     A rule runs on a target when one of its limitation keys is active there (rules that name
-    none run everywhere); opt-in rules run only when named.
+    none run everywhere); opt-in rules run only when named. Order: see `_order`.
     """
     known = rule_set.rules
     for name in (*options.only, *options.skip, *options.enable):
@@ -116,7 +116,17 @@ def select_rules(rule_set: RuleSet, options: ApplyOptions, target: Any) -> list[
     chosen = [r for r in chosen if r.name not in set(options.skip)]
     settings = _rule_settings(options.rule_options, known)
     chosen = [r.with_options(**settings.get(r.name, {})) for r in chosen]
-    return sorted(chosen, key=lambda r: (STAGES.index(r.stage), r.name))
+    return sorted(chosen, key=lambda r: _order(r, r.name in options.enable))
+
+
+def _order(rule: Rule, enabled: bool) -> tuple[int, int, str]:
+    """Stage by stage, by name. A rule the user enabled runs before the target's default
+    lowerings (an explicit EfficientNMS_TRT or plugin fusion must find the op that a default
+    decomposition would otherwise replace), but after the export repairs and folds."""
+    stage = STAGES.index(rule.stage)
+    if enabled:
+        stage = min(stage, STAGES.index("lower"))
+    return stage, 0 if enabled else 1, rule.name
 
 
 def _rule_settings(items: Sequence[str], known: dict[str, Rule]) -> dict[str, dict[str, str]]:
@@ -137,15 +147,12 @@ def _rule_settings(items: Sequence[str], known: dict[str, Rule]) -> dict[str, di
 
 
 def build_passes(rules: Sequence[Rule], *, simplify: bool = False, max_rounds: int = 10) -> list[Pass]:
-    """One pass per rule, stage by stage; onnxsim (when asked) right after the export repairs."""
-    passes: list[Pass] = []
-    for stage in STAGES:
-        if stage == "fold" and simplify:
-            passes.append(SimplifyPass())
-        passes.extend(
-            ModelRulePass(r) if r.is_model_rule else RulePass([r], max_rounds=max_rounds)
-            for r in rules if r.stage == stage
-        )
+    """One pass per rule, in the given order (select_rules sorts them); onnxsim, when asked,
+    right after the export repairs."""
+    passes: list[Pass] = [ModelRulePass(r) if r.is_model_rule else RulePass([r], max_rounds=max_rounds) for r in rules]
+    if simplify:
+        repairs = sum(1 for r in rules if r.stage == "repair")
+        passes.insert(repairs, SimplifyPass())
     return passes
 
 

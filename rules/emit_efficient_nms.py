@@ -50,9 +50,9 @@ class EmitEfficientNms:
     11.x); 7.2 and `portable` are refused. 10.x applications must load the standard plugins
     (`trt.init_libnvinfer_plugins`); `graphfix build` on 8.x needs nothing extra.
 
-    Rewrite (run it with `--enable emit_efficient_nms --target trt8.x`; on the targets where
-    decompose_nms runs by default, 7.2-8.4 and RTX, also `--skip decompose_nms`: that lowering
-    comes first and would leave no NonMaxSuppression to emit): the node becomes
+    Rewrite (run it with `--enable emit_efficient_nms --target trt8.x`; an enabled rule runs
+    before the target's default lowerings, so decompose_nms finds no NonMaxSuppression left on
+    the targets where it runs by default, 7.2-8.4 and RTX): the node becomes
     EfficientNMS_TRT (plugin_version 1, fields score_threshold, iou_threshold,
     max_output_boxes, background_class, score_activation, box_coding; class_agnostic, 8.6+
     only, is left at its default 0) on the boxes as ordered corners (y_min, x_min, y_max,

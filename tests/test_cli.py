@@ -259,3 +259,19 @@ def _write_big_model(path: Path, megabytes: int) -> None:
     graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", 1, [1024, 256])],
                               [helper.make_tensor_value_info(prev, 1, [1024, 256])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_simplify_runs_onnxsim_after_the_repairs_and_is_verified(tmp_path):
+    out = tmp_path / "out.onnx"
+    result = graphfix_cli("apply", str(SAMPLES / "hf_superpoint.onnx"), "-o", str(out), "--simplify",
+                          "--target", "trt10.16", "--report", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    passes = json.loads((tmp_path / "r.json").read_text())["passes"]
+    names = [p["name"] for p in passes]
+    from graphfix._loader import load_rules
+
+    repairs = {r.name for r in load_rules(entry_points=False).rules.values() if r.stage == "repair"}
+    assert "batch_unbatched_pooling" in repairs and set(names[: names.index("onnxsim")]) == repairs
+    onnxsim_pass = passes[names.index("onnxsim")]
+    assert onnxsim_pass["status"] == "verified" and onnxsim_pass["detail"] == "by the end-to-end run"
+    assert len(onnx.load(out).graph.node) < len(onnx.load(SAMPLES / "hf_superpoint.onnx").graph.node)

@@ -171,13 +171,15 @@ def test_candidate_limit_option_for_jetson(tmp_path):
                                                   "only the first 2000 per image")
 
 
-def test_enabled_on_trt84_with_the_default_lowering_skipped():
-    """The user's flow: --enable emit_efficient_nms --skip decompose_nms --target trt8.4."""
+def test_enabled_on_trt84_runs_before_the_default_lowering():
+    """The user's flow: --enable emit_efficient_nms --target trt8.4 (decompose_nms is a default there)."""
     model = ir.load(SAMPLES / "rpn_two_level_nms.onnx")
-    options = gf.ApplyOptions(target="trt8.4", enable=(RULE,), skip=("decompose_nms",), entry_points=False,
+    options = gf.ApplyOptions(target="trt8.4", enable=(RULE,), entry_points=False,
                               inputs=str(SAMPLES / "rpn_two_level_nms.npz"))
     report = gf.apply(model, options)
+    names = [p.name for p in report.passes]
+    assert names.index(RULE) < names.index("decompose_nms")
     [emitted] = [p for p in report.passes if p.name == RULE]
     assert emitted.matches == 1 and emitted.status == "verified"
-    assert "decompose_nms" not in {p.name for p in report.passes}
+    assert next(p for p in report.passes if p.name == "decompose_nms").matches == 0
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
