@@ -457,7 +457,9 @@ def _run_build(args: argparse.Namespace) -> int:
         return _build_with_trtexec(plan, target)
     except (trt.ParseError, trt.BuildError) as error:
         raise EngineBuildError(str(error)) from None
-    Path(plan.engine_path).write_bytes(engine)
+    from graphfix.ir import write_bytes
+
+    write_bytes(Path(plan.engine_path), engine)
     print(f"built {plan.engine_path} with the tensorrt Python API [target {target.name}]")
     return 0
 

@@ -43,6 +43,7 @@ __all__ = [
     "save",
     "write_model",
     "write_text",
+    "write_bytes",
     "iter_graphs",
     "producer",
     "consumers",
@@ -314,16 +315,21 @@ def write_model(
     return path
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (reports next to models)."""
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically (engines, reports): a temporary file in the same folder, renamed."""
     handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
         os.replace(staged, path)
     finally:
         if os.path.exists(staged):
             os.unlink(staged)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    write_bytes(path, text.encode())
 
 
 def _initializer_bytes(proto: onnx.ModelProto) -> int:

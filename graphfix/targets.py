@@ -1322,13 +1322,17 @@ class Target:
 
 
 def _merge(per_member: list[tuple[Target, list[Finding]]]) -> list[Finding]:
-    """Union of member findings, each reason tagged with the releases it concerns."""
+    """Union of member findings: one per node and limitation, its reason (worded by the oldest
+    release that has it, since reasons name the release) tagged with every release concerned."""
     grouped: dict[tuple, list[str]] = {}
     firsts: dict[tuple, Finding] = {}
     for member, findings in per_member:
         for f in findings:
-            key = (f.node, f.op_type, f.kind, f.limitation, f.reason)
-            grouped.setdefault(key, []).append(member.label.replace("TensorRT ", ""))
+            key = (f.node, f.op_type, f.kind, f.limitation)
+            labels = grouped.setdefault(key, [])
+            label = member.label.replace("TensorRT ", "")
+            if label not in labels:
+                labels.append(label)
             firsts.setdefault(key, f)
     out = []
     for key, labels in grouped.items():

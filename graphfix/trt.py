@@ -615,10 +615,10 @@ def run_trtexec(plan: BuildPlan, target: Target, *, timeout: float | None = None
 def _tensorrt() -> Any:
     try:
         import tensorrt
-    except ImportError as exc:  # the runtime needs NVIDIA's libraries and a GPU
+    except Exception as exc:  # ImportError, or OSError/RuntimeError when NVIDIA's libraries are missing
         raise TensorRTUnavailable(
-            "the tensorrt Python package is not importable; graphfix can still print the "
-            "trtexec command (graphfix build --print)") from exc
+            f"the tensorrt Python package does not load ({type(exc).__name__}: {exc}); "
+            "`graphfix trtexec-args` prints the equivalent trtexec command") from exc
     return tensorrt
 
 
