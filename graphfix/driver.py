@@ -407,10 +407,14 @@ class _Splice:
         return values
 
     def _rename(self, new: ir.Tensor, original: ir.Tensor) -> None:
-        """Make the new producer produce `original` itself, keeping its name (and its type,
-        unless only the new tensor's is known)."""
+        """Make the new producer produce `original` itself, keeping its name and type (the new
+        tensor's where only it is known, or where the recorded shape contradicts it)."""
         if (original.dtype is None and new.dtype is not None) or self.changes_shapes:
             original.dtype, original.shape = new.dtype or original.dtype, new.shape
+        elif id(original) in self.scope.output_ids:
+            original.shape = _reconciled(original.shape, new.shape)  # the model's interface
+        else:
+            original.shape = new.shape if new.shape is not None else original.shape
         for node in self.pending:
             node.outputs = [original if t is new else t for t in node.outputs]
             node.inputs = [original if t is new else t for t in node.inputs]
@@ -467,6 +471,25 @@ class _Splice:
             in_subgraph=in_subgraph,
             reference=reference,
         )
+
+
+def _reconciled(recorded: Any, inferred: Any) -> Any:
+    """The recorded shape, with the inferred dims where the two contradict each other.
+
+    Shapes recorded at load come from the exporter or from ONNX shape inference, which is
+    sometimes wrong (Einsum takes a broadcast size 1 from the first operand); the replacement's
+    inferred dims are never worse: a static dim that differs, or a symbolic dim against a
+    static one, wins. A rank mismatch keeps whatever the inference says.
+    """
+    if inferred is None:
+        return recorded
+    if recorded is None or len(recorded) != len(inferred):
+        return list(inferred)
+    merged = []
+    for old, new in zip(recorded, inferred):
+        contradicts = isinstance(old, int) and new is not None and new != old
+        merged.append(new if contradicts else old)
+    return merged
 
 
 class TensorName(str):
