@@ -45,6 +45,12 @@ class DecomposeGridsample:
     Indices are int64 (narrowed to INT32 by TensorRT <= 8.6: exact below 2**31 elements).
     Cost: 4 (8 for 5-D, 16 for bicubic) row gathers of C values per output point, which is
     what a native kernel reads as well, plus elementwise work on [N, points].
+
+    NaN or infinite grid coordinates have no meaning in the spec; onnxruntime's kernel turns
+    them into whatever its integer casts give, while here the index cast of a NaN falls outside
+    the image and the Gather fails. Verification then rolls the pass back (seen on Grounding
+    DINO with synthesised inputs, whose fully masked text rows give NaN offsets); with real
+    inputs (`--inputs`) the same model verifies.
     """
 
     def pattern(self, op, x, grid, mode, padding_mode, align_corners):
