@@ -29,6 +29,7 @@ __all__ = [
     "check",
     "int64_out_of_range",
     "node_facts",
+    "describe_node",
     "with_parser",
 ]
 
@@ -163,7 +164,7 @@ def node_facts(model: ir.Model) -> Iterator[NodeFacts]:
     for graph in ir.iter_graphs(model.graph):
         in_subgraph = graph is not model.graph
         for node in graph.nodes:
-            yield _node_facts(node, opsets.get(node.domain or "", 1), in_subgraph)
+            yield describe_node(node, opsets.get(node.domain or "", 1), in_subgraph)
 
 
 def _opsets(model: ir.Model) -> dict[str, int]:
@@ -172,7 +173,8 @@ def _opsets(model: ir.Model) -> dict[str, int]:
     return {**declared, "": model.opset}
 
 
-def _node_facts(node: ir.Node, opset: int, in_subgraph: bool) -> NodeFacts:
+def describe_node(node: ir.Node, opset: int, in_subgraph: bool = False) -> NodeFacts:
+    """A node as graphfix.targets describes nodes (what `Target.evaluate` reads)."""
     return NodeFacts(
         name=_label(node),
         op_type=node.op,

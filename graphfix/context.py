@@ -78,6 +78,13 @@ class Context:
     def consumers(self, tensor: ir.Tensor | None) -> list[ir.Node]:
         return [] if tensor is None else ir.consumers(tensor)
 
+    def node_facts(self, node: ir.Node | None = None) -> Any:
+        """A node (the root by default) as the target profiles see it (targets.NodeFacts), so a
+        check can ask `ctx.target.evaluate(ctx.node_facts())` whether the target takes it."""
+        from graphfix.check import describe_node
+
+        return describe_node(node or self.root, self.opset, self.in_subgraph)
+
     def tensor(self, name: str) -> ir.Tensor | None:
         """The tensor of this graph named `name` (for rule options that name a tensor)."""
         return self.graph.tensors().get(name)

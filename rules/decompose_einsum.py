@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 import graphfix as gf
-from graphfix.targets import InputFacts, NodeFacts
 
 if TYPE_CHECKING:
     from graphfix.ir import Tensor
@@ -109,7 +108,7 @@ class DecomposeEinsum:
         if mistyped:
             return gf.reject(mistyped, ctx.root.outputs[0])
         if ctx.options["keep_supported"] and ctx.target is not None:
-            if not ctx.target.evaluate(_node_facts(ctx, operands, equation)):
+            if not ctx.target.evaluate(ctx.node_facts()):
                 return gf.reject(
                     f"{ctx.target.label} imports this Einsum as it is (keep_supported)", ctx.root
                 )
@@ -361,35 +360,6 @@ def _leaves(tree: Tree) -> frozenset[int]:
     if isinstance(tree, int):
         return frozenset({tree})
     return _leaves(tree[0]) | _leaves(tree[1])
-
-
-# ----------------------------------------------------------------------------- what the parser sees
-
-
-def _node_facts(ctx: gf.Context, operands: Sequence[Tensor], equation: str) -> NodeFacts:
-    """The Einsum node as graphfix.targets describes nodes (for Target.evaluate)."""
-    inputs = tuple(
-        InputFacts(
-            index=index,
-            name=tensor.name,
-            dtype=ctx.dtype(tensor),
-            rank=ctx.rank(tensor),
-            shape=ctx.shape(tensor),
-            is_weights=ctx.is_weights(tensor),
-            producer=getattr(ctx.producer(tensor), "name", None),
-            producer_op=getattr(ctx.producer(tensor), "op", None),
-        )
-        for index, tensor in enumerate(operands)
-    )
-    return NodeFacts(
-        name=ctx.root.name,
-        op_type="Einsum",
-        opset=ctx.opset,
-        attrs={"equation": equation},
-        inputs=inputs,
-        output_dtypes=tuple(ctx.dtype(t) for t in ctx.root.outputs),
-        in_subgraph=ctx.in_subgraph,
-    )
 
 
 # ----------------------------------------------------------------------------- emission
