@@ -58,3 +58,20 @@ def ops(model: onnx.ModelProto) -> list[str]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def sample_data(name: str) -> tuple[dict[str, np.ndarray], np.lib.npyio.NpzFile]:
+    """A committed sample's input feeds (npz keys `input:<name>`) and its whole npz."""
+    data = np.load(SAMPLES / f"{name}.npz")
+    return {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}, data
+
+
+def assert_matches_torch(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], data, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Every output of `model` equals the PyTorch output recorded in the sample's npz
+    (`torch:<output name>`): exactly for integers and booleans, within rtol/atol for floats."""
+    for output, value in zip(model.graph.output, run(model, feeds)):
+        expected = data[f"torch:{output.name}"]
+        if expected.dtype.kind in "biu":
+            np.testing.assert_array_equal(value, expected)
+        else:
+            np.testing.assert_allclose(value, expected, rtol=rtol, atol=atol)

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import onnxruntime_refusal
-from conftest import SAMPLES, graphfix_cli, parse, run
+from conftest import SAMPLES, assert_matches_torch, graphfix_cli, parse, run, sample_data
 from rulecheck import op_types, rewrite
 
 import graphfix as gf
@@ -169,14 +169,8 @@ def test_superpoint_and_superglue_exports_load_and_match_torch(sample, wrapped):
     assert report.passes[0].status == "unverified"
     assert report.verification.reference_state == f"state after {RULE}"
     assert onnxruntime_refusal(result) is None
-    data = np.load(SAMPLES / f"{sample}.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
-    for output, value in zip(result.graph.output, run(result, feeds)):
-        expected = data[f"torch:{output.name}"]
-        if expected.dtype.kind in "biu":
-            np.testing.assert_array_equal(value, expected)
-        else:
-            np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+    feeds, data = sample_data(sample)
+    assert_matches_torch(result, feeds, data, rtol=1e-5, atol=1e-6)
     _, second = rewrite(result, RULE)
     assert second.passes[0].matches == 0
 

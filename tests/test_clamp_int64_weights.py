@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, parse, run, sample_data
 from rulecheck import rewrite
 
 from graphfix.targets import resolve_target
@@ -52,8 +52,7 @@ def test_dgcnn_sample_slice_ends_are_clamped_verified_and_match_torch():
     assert _clamp_findings(result) == [] and _wide_int64_weights(result) == {}
     ends = [onnx.numpy_helper.to_array(t) for t in result.graph.initializer if t.name.startswith(RULE)]
     assert [e.tolist() for e in ends] == [[I32.max], [I32.max]]
-    data = np.load(SAMPLES / "topk_smallest.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("topk_smallest")
     np.testing.assert_array_equal(run(result, feeds)[0], run(model, feeds)[0])
     np.testing.assert_allclose(run(result, feeds)[0], data["torch:logits"], rtol=1e-4, atol=1e-5)
     _, second = rewrite(result, RULE)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, SAMPLES, graphfix_cli, run
+from conftest import REPO, SAMPLES, graphfix_cli, run, sample_data
 
 SAMPLE = SAMPLES / "superpoint_head.onnx"
 
@@ -39,8 +39,7 @@ def test_apply_fixes_the_sample_prints_the_table_and_matches(sample):
     fixed = sample.with_name("model.fixed.onnx")
     onnx.checker.check_model(str(fixed), full_check=True)
     assert sample.read_bytes() == before
-    data = np.load(SAMPLES / "superpoint_head.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("superpoint_head")
     for got, want in zip(run(onnx.load(fixed), feeds), run(onnx.load(sample), feeds)):
         np.testing.assert_array_equal(got, want)
     report = json.loads(sample.with_suffix(".json").read_text())

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import node_cases, onnxruntime_refusal, run_in_onnxruntime
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, parse, run, sample_data
 from rulecheck import op_types, rewrite
 
 RULE = "compute_eyelike_in_int"
@@ -69,8 +69,7 @@ def test_grounding_dino_export_runs_and_matches_torch():
     assert report.passes[0].matches == 1 and report.passes[0].status == "unverified"
     assert report.verification.reference_state == f"state after {RULE}"
     assert onnxruntime_refusal(result) is None
-    data = np.load(SAMPLES / "grounding_dino_tiny_f32.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("grounding_dino_tiny_f32")
     for output, value in zip(result.graph.output, run(result, feeds)):
         # logits of padded text positions are -inf in both
         np.testing.assert_allclose(value, data[f"torch:{output.name}"], rtol=1e-4, atol=1e-5)

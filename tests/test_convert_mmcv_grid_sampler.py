@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLES, graphfix_cli
+from conftest import SAMPLES, graphfix_cli, sample_data
 from onnx import TensorProto, helper
 from rulecheck import op_types, rewrite
 
@@ -30,8 +30,7 @@ def _sample(opset: int | None = None) -> onnx.ModelProto:
 
 def _expected_grid_samples(model: onnx.ModelProto) -> dict[str, float]:
     """Max abs error of each grid sample output against torch's F.grid_sample (npz expected:*)."""
-    data = np.load(SAMPLES / "mmcv_ops.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("mmcv_ops")
     values = execute.run_model(model, feeds, SAMPLED)  # MMCVRoiAlign runs on graphfix's kernel
     return {name: float(np.abs(values[name] - data[f"expected:{name}"]).max()) for name in SAMPLED}
 

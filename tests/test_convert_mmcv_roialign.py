@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, sample_data
 from onnx import TensorProto, helper
 from rulecheck import op_types, rewrite
 
@@ -34,8 +34,7 @@ def _sample(opset: int | None = None) -> onnx.ModelProto:
 
 def _roi_feats_error(model: onnx.ModelProto) -> float:
     """Max abs error of roi_feats against torchvision.ops.roi_align(aligned=True) (npz expected:roi_feats)."""
-    data = np.load(SAMPLES / "mmcv_ops.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("mmcv_ops")
     values = execute.run_model(model, feeds, ["roi_feats"])  # grid_sampler / plugin nodes run on kernels
     return float(np.abs(values["roi_feats"] - data["expected:roi_feats"]).max())
 

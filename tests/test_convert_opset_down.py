@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import node_cases, onnxruntime_refusal, run_in_onnxruntime
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, assert_matches_torch, parse, run, sample_data
 from rulecheck import check_backend_case, op_types, rewrite
 
 from graphfix.targets import InputFacts, NodeFacts, resolve_target
@@ -108,14 +108,8 @@ def test_reduce_sample_is_converted_verified_and_matches_torch(target, opset):
     reductions = [n for n in result.graph.node if n.op_type.startswith("Reduce")]
     assert len(reductions) == 7 and all(len(n.input) == (2 if n.op_type == "ReduceSum" and opset >= 13 else 1)
                                         for n in reductions)
-    data = np.load(SAMPLES / "reduce_opset18.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
-    for output, value in zip(result.graph.output, run(result, feeds)):
-        expected = data[f"torch:{output.name}"]
-        if expected.dtype.kind in "bi":
-            np.testing.assert_array_equal(value, expected)
-        else:
-            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-5)
+    feeds, data = sample_data("reduce_opset18")
+    assert_matches_torch(result, feeds, data, rtol=1e-4, atol=1e-5)
     _, second = rewrite(result, RULE, target=target)
     assert second.passes[0].matches == 0  # idempotent: now within the declared range
     assert "within the declared range" in second.passes[0].near_misses[0][2]

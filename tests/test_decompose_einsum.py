@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import assert_outputs_match, node_cases, onnxruntime_refusal
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, parse, run, sample_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rulecheck import check_backend_case, op_types, rewrite
@@ -335,8 +335,7 @@ def test_samples_lose_every_einsum_and_match_torch(sample, einsums, target, keep
     result, report = rewrite(model, RULE, target=target)
     assert report.passes[0].matches == einsums and report.passes[0].status == "verified"
     assert "Einsum" not in op_types(result)
-    data = np.load(SAMPLES / f"{sample}.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data(sample)
     for output, value in zip(result.graph.output, run(result, feeds)):
         expected = data[f"torch:{output.name}"]
         if expected.dtype.kind in "iub":

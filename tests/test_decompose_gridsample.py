@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import node_cases
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, parse, run, sample_data
 from onnx import TensorProto, helper
 from rulecheck import check_backend_case, op_types, rewrite
 
@@ -132,8 +132,7 @@ def test_deformable_detr_sample_is_decomposed_and_matches_torch():
     result, report = rewrite(model, RULE, target="trt8.4")
     assert "GridSample" not in op_types(result)
     assert report.passes[0].matches == 6 and report.passes[0].status == "verified"
-    data = np.load(SAMPLES / "deformable_detr_tiny_f32.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("deformable_detr_tiny_f32")
     for output, value in zip(result.graph.output, run(result, feeds)):
         np.testing.assert_allclose(value, data[f"torch:{output.name}"], rtol=1e-4, atol=1e-4)
 
@@ -144,7 +143,6 @@ def test_superpoint_descriptor_sampling_is_decomposed_and_matches_torch():
     result, report = rewrite(model, "batch_unbatched_pooling", RULE, target="trt8.4")
     [decompose] = [p for p in report.passes if p.name == RULE]
     assert decompose.matches == 1 and decompose.status == "verified" and "GridSample" not in op_types(result)
-    data = np.load(SAMPLES / "hf_superpoint.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("hf_superpoint")
     for output, value in zip(result.graph.output, run(result, feeds)):
         np.testing.assert_allclose(value, data[f"torch:{output.name}"], rtol=1e-4, atol=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import node_cases
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, parse, run, sample_data
 from rulecheck import check_backend_case, op_types, rewrite
 
 RULE = "decompose_layer_norm"
@@ -111,8 +111,7 @@ def test_roberta_sample_is_decomposed_and_matches_torch():
     result, report = rewrite(model, RULE)
     assert report.passes[0].matches == 5 and report.passes[0].status == "verified"
     assert "LayerNormalization" not in op_types(result)
-    data = np.load(SAMPLES / "hf_cumsum_text.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("hf_cumsum_text")
     for output, value in zip(result.graph.output, run(result, feeds)):
         np.testing.assert_allclose(value, data[f"torch:{output.name}"], rtol=1e-4, atol=1e-5)
     _, second = rewrite(result, RULE)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import node_cases, run_in_onnxruntime
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, parse, run, sample_data
 from rulecheck import op_types, rewrite
 
 import graphfix as gf
@@ -179,7 +179,6 @@ def test_tensorrt_72_pipeline_converts_the_decomposition_down_to_opset_11():
     findings = check(ir.Model(graph=ir.import_proto(result), source=result), targets.resolve_target("trt7.2"),
                      load_rules(entry_points=False).rules.values())
     assert not {f.limitation for f in findings.errors} & {"reduce.axes_input_ignored", "nms.missing"}
-    data = np.load(SAMPLES / "rpn_two_level_nms.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("rpn_two_level_nms")
     for expected, actual in zip(run(model, feeds), run(result, feeds)):
         np.testing.assert_array_equal(actual, expected)

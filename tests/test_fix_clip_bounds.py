@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import node_cases
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, parse, run, sample_data
 from rulecheck import check_backend_case, op_types, rewrite
 
 from graphfix import ir
@@ -106,8 +106,7 @@ def test_superpoint_samples_are_fixed_and_match_torch(sample):
     result, report = rewrite(model, RULE)
     assert _tensor_bounds(result) == []
     assert report.passes[0].status == "verified" and report.verification.full_runs == 2
-    data = np.load(SAMPLES / f"{sample}.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data(sample)
     outputs = run(result, feeds)
     for output, value in zip(result.graph.output, outputs):
         np.testing.assert_allclose(value, data[f"torch:{output.name}"], rtol=1e-4, atol=1e-4)

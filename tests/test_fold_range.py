@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import assert_outputs_match, node_cases, onnxruntime_refusal, run_in_onnxruntime
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, assert_matches_torch, parse, run, sample_data
 from onnx.reference import ReferenceEvaluator
 from rulecheck import op_types, rewrite
 
@@ -139,8 +139,7 @@ def test_huge_constant_float32_range_stays_a_range():
 
 def _static_copy(sample: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray], np.lib.npyio.NpzFile]:
     """The sample with its inputs fixed to the npz shapes (shape chains become constant)."""
-    data = np.load(SAMPLES / f"{sample}.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data(sample)
     model = onnx.load(SAMPLES / f"{sample}.onnx")
     for graph_input in model.graph.input:
         for dim, size in zip(graph_input.type.tensor_type.shape.dim, feeds[graph_input.name].shape):
@@ -151,12 +150,7 @@ def _static_copy(sample: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray], n
 
 
 def _assert_matches_torch(model: onnx.ModelProto, feeds, data) -> None:
-    for output, value in zip(model.graph.output, run(model, feeds)):
-        expected = data[f"torch:{output.name}"]
-        if expected.dtype.kind in "biu":
-            np.testing.assert_array_equal(value, expected)
-        else:
-            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
+    assert_matches_torch(model, feeds, data, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("sample, count", [("reduce_opset18", 1), ("superpoint_head", 2)])

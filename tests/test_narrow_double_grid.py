@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import onnxruntime_refusal
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, parse, run, sample_data
 from rulecheck import op_types, rewrite
 
 RULE = "narrow_double_grid"
@@ -64,7 +64,6 @@ def test_detr_exports_run_and_match_torch(sample, rules, narrowed):
     ours = next(p for p in report.passes if p.name == RULE)
     assert ours.matches == narrowed and ours.status == "unverified"
     assert onnxruntime_refusal(result) is None
-    data = np.load(SAMPLES / f"{sample}.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data(sample)
     for output, value in zip(result.graph.output, run(result, feeds)):
         np.testing.assert_allclose(value, data[f"torch:{output.name}"], rtol=1e-4, atol=1e-5)

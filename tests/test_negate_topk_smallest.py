@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from backend import node_cases, onnxruntime_refusal
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, parse, run, sample_data
 from rulecheck import check_backend_case, op_types, rewrite
 
 from graphfix.targets import NodeFacts, resolve_target
@@ -144,8 +144,7 @@ def test_dgcnn_sample_is_fixed_verified_and_matches_torch():
     assert report.passes[0].matches == 2 and report.passes[0].status == "verified"
     assert report.passes[0].max_abs == 0.0
     assert _smallest_topks(result) == [] and _topk_findings(result, "trt8.4") == []
-    data = np.load(SAMPLES / "topk_smallest.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("topk_smallest")
     np.testing.assert_array_equal(run(result, feeds)[0], run(model, feeds)[0])
     np.testing.assert_allclose(run(result, feeds)[0], data["torch:logits"], rtol=1e-4, atol=1e-5)
     _, second = rewrite(result, RULE)

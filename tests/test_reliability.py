@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLES, graphfix_cli, run
+from conftest import SAMPLES, graphfix_cli, run, sample_data
 from onnx import helper
 
 
@@ -34,8 +34,7 @@ def test_unsorted_nodes_are_refused_then_sorted_with_force(tmp_path):
     assert forced.returncode == 0, forced.stderr
     fixed = onnx.load(tmp_path / "unsorted.fixed.onnx")
     onnx.checker.check_model(fixed, full_check=True)
-    data = np.load(SAMPLES / "superpoint_head.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
+    feeds, data = sample_data("superpoint_head")
     reference = run(onnx.load(SAMPLES / "superpoint_head.onnx"), feeds)
     for got, want in zip(run(fixed, feeds), reference):
         np.testing.assert_array_equal(got, want)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLES, parse, run
+from conftest import SAMPLES, assert_matches_torch, parse, run, sample_data
 from rulecheck import op_types, rewrite
 
 RULE = "replace_cast_to_bool"
@@ -80,11 +80,5 @@ def test_samples_keep_their_masks(sample, casts):
     result, report = rewrite(model, RULE)
     assert report.passes[0].matches == casts and report.passes[0].status == "verified"
     assert not [n for n in result.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.BOOL]
-    data = np.load(SAMPLES / f"{sample}.npz")
-    feeds = {k.removeprefix("input:"): data[k] for k in data.files if k.startswith("input:")}
-    for output, value in zip(result.graph.output, run(result, feeds)):
-        expected = data[f"torch:{output.name}"]
-        if expected.dtype.kind in "biu":
-            np.testing.assert_array_equal(value, expected)
-        else:
-            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-5)
+    feeds, data = sample_data(sample)
+    assert_matches_torch(result, feeds, data, rtol=1e-4, atol=1e-5)
