@@ -262,9 +262,14 @@ def to_proto(model: Model | Graph, like: onnx.ModelProto | None = None) -> onnx.
             setattr(proto, name, getattr(like, name))
         del proto.metadata_props[:]
         proto.metadata_props.extend(like.metadata_props)
-        proto.ir_version = max(like.ir_version, onnx.helper.find_min_ir_version_for(
+        proto.ir_version = max(like.ir_version, _IR_INITIALIZERS_NOT_INPUTS, onnx.helper.find_min_ir_version_for(
             list(proto.opset_import), ignore_unknown=True))
     return proto
+
+
+# Before IR 4 every initializer had to be listed among the graph inputs too; graphsurgeon (and
+# every tool since) writes them apart, so the output is stamped at least IR 4 (same semantics).
+_IR_INITIALIZERS_NOT_INPUTS = 4
 
 
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:

@@ -107,3 +107,17 @@ def test_model_over_2gb_round_trips_with_external_data(tmp_path):
     fixed = onnx.load(str(out), load_external_data=False)
     assert "Clip" in {n.op_type for n in fixed.graph.node} or "Min" in {n.op_type for n in fixed.graph.node}
     assert os.path.getsize(out) < 10_000_000
+
+
+def test_ir3_models_with_initializers_among_inputs_are_written_valid(tmp_path):
+    """Old exports (IR 3) list initializers among the graph inputs; the output is stamped IR 4."""
+    from pathlib import Path as _Path
+
+    source = _Path(onnx.__file__).parent / "backend/test/data/pytorch-converted/test_Linear/model.onnx"
+    assert onnx.load(source).ir_version == 3
+    out = tmp_path / "linear.onnx"
+    result = graphfix_cli("apply", str(source), "-o", str(out), "--target", "trt8.6")
+    assert result.returncode == 0, result.stderr
+    fixed = onnx.load(out)
+    assert fixed.ir_version >= 4
+    onnx.checker.check_model(fixed, full_check=True)
