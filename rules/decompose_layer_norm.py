@@ -46,19 +46,24 @@ class DecomposeLayerNorm:
             _capture="norm",
         )
 
-    def check(self, ctx, x, axis, stash_type, norm):
-        rank, dtype = ctx.rank(x), ctx.dtype(x)
-        if rank is None or dtype is None:
-            return gf.reject("the input rank or type is unknown", x)
-        if not -rank <= axis < rank:
+    def check(self, ctx, x, scale, axis, stash_type, norm):
+        # Scale has X's type (T), so it types X where shape inference lost track of it.
+        rank, dtype = ctx.rank(x), ctx.dtype(x) or ctx.dtype(scale)
+        if dtype is None:
+            return gf.reject("the input type is unknown", x)
+        if rank is None and axis >= 0:
+            return gf.reject(f"the input rank is unknown and axis {axis} counts from the front", x)
+        if rank is not None and not -rank <= axis < rank:
             return gf.reject(f"axis {axis} is outside the input rank {rank}", norm)
         if stash_type != _STASH_FLOAT:
             return gf.reject(f"stash_type {stash_type}: only FLOAT statistics (stash_type 1) are decomposed", norm)
-        return gf.accept(axes=list(range(axis % rank, rank)), in_float=dtype in _HALF_TYPES)
+        # Negative reduce axes count from the back: a negative axis needs no rank.
+        axes = list(range(axis, 0)) if rank is None else list(range(axis % rank, rank))
+        typed = x if ctx.dtype(x) else scale
+        return gf.accept(axes=axes, in_float=dtype in _HALF_TYPES, dtype=ctx.numpy_dtype(typed))
 
-    def rewrite(self, op, x, scale, bias, epsilon, norm, axes, in_float):
-        ctx = op.ctx
-        compute_type = np.dtype(np.float32) if in_float else ctx.numpy_dtype(x)
+    def rewrite(self, op, x, scale, bias, epsilon, norm, axes, in_float, dtype):
+        compute_type = np.dtype(np.float32) if in_float else dtype
         values = op.cast(x, compute_type) if in_float else x
         mean = op.reduce("ReduceMean", values, axes)
         centred = op.Sub(values, mean)
@@ -66,7 +71,7 @@ class DecomposeLayerNorm:
         deviation = op.Sqrt(op.Add(variance, op.constant(epsilon, compute_type)))
         result = op.Div(centred, deviation)
         if in_float:
-            result = op.cast(result, ctx.numpy_dtype(x))
+            result = op.cast(result, dtype)
         if scale is not None:
             result = op.Mul(result, scale)
         if bias is not None:

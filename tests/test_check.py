@@ -227,9 +227,6 @@ EXPECTED_LEFTOVERS: dict[str, dict[str, str]] = {
     },
     "kornia_lightglue": {
         **_opset_11("LayerNormalization does not exist before opset 17"),
-        # ONNX shape inference leaves the FFN LayerNormalizations' input untyped, so
-        # decompose_layer_norm rejects them ("the input rank or type is unknown"), 7.2-8.5.
-        "layernorm.missing": "decompose_layer_norm: input rank unknown",
         "op.missing": NO_RULE,  # Mod <= 8.4; GatherElements, ScatterND on 7.2
     },
     "maskrcnn_tiny": {

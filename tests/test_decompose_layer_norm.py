@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from backend import node_cases
-from conftest import SAMPLES, parse, run, sample_data
+from conftest import assert_matches_torch, SAMPLES, parse, run, sample_data
 from rulecheck import check_backend_case, op_types, rewrite
 
 RULE = "decompose_layer_norm"
@@ -90,7 +90,7 @@ def test_unused_statistics_are_not_built_and_opset_18_takes_axes_as_input(rng):
     assert second.passes[0].matches == 0
 
 
-def test_near_misses_stash_type_and_unknown_rank():
+def test_near_misses_stash_type_and_unknown_rank(tmp_path):
     _, report = rewrite(_layer_norm("float16", "2,4", "stash_type = 10"), RULE, verify=False)
     assert report.passes[0].matches == 0
     assert report.passes[0].near_misses[0][2] == "stash_type 10: only FLOAT statistics (stash_type 1) are decomposed"
@@ -101,8 +101,16 @@ def test_near_misses_stash_type_and_unknown_rank():
         y = LayerNormalization (reshaped, scale)
     }
     """)
-    _, report = rewrite(unknown, RULE, verify=False)
-    assert report.passes[0].near_misses[0][2] == "the input rank or type is unknown"
+    feeds = {"x": np.linspace(-2, 3, 24).astype(np.float32), "shape": np.array([2, 3, 4], np.int64),
+             "scale": np.linspace(0.5, 2, 4).astype(np.float32)}
+    np.savez(tmp_path / "inputs.npz", **feeds)
+    # axis -1 needs no rank; the scale gives the type
+    result, report = rewrite(unknown, RULE, inputs=str(tmp_path / "inputs.npz"))
+    assert report.passes[0].matches == 1 and report.passes[0].status == "verified"
+    np.testing.assert_allclose(run(result, feeds)[0], run(unknown, feeds)[0], rtol=1e-5, atol=1e-6)
+    front = parse(str(onnx.printer.to_text(unknown)).replace("LayerNormalization (", "LayerNormalization <axis = 1> ("))
+    _, report = rewrite(front, RULE, verify=False)
+    assert report.passes[0].near_misses[0][2] == "the input rank is unknown and axis 1 counts from the front"
 
 
 def test_roberta_sample_is_decomposed_and_matches_torch():
@@ -112,7 +120,6 @@ def test_roberta_sample_is_decomposed_and_matches_torch():
     assert report.passes[0].matches == 5 and report.passes[0].status == "verified"
     assert "LayerNormalization" not in op_types(result)
     feeds, data = sample_data("hf_cumsum_text")
-    for output, value in zip(result.graph.output, run(result, feeds)):
-        np.testing.assert_allclose(value, data[f"torch:{output.name}"], rtol=1e-4, atol=1e-5)
+    assert_matches_torch(result, feeds, data, rtol=1e-4, atol=1e-5)
     _, second = rewrite(result, RULE)
     assert second.passes[0].matches == 0
