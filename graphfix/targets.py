@@ -108,6 +108,8 @@ LIMITATIONS: Mapping[str, str] = MappingProxyType({
                                    "library); maps to ONNX GridSample",
     "custom_op.mmcv_roialign": "mmcv/mmdeploy MMCVRoiAlign custom op (needs mmdeploy's plugin "
                                "library); maps to ONNX RoiAlign",
+    "mod.missing": "Mod has no importer (7.2-8.4)",
+    "xor.missing": "Xor has no importer (7.2-8.2)",
     "custom_op.unknown": "op with no importer and no standard plugin of that name",
     "op.missing": "standard ONNX op with no importer in this release",
     "plugin.standard_library": "node resolved by name to a TensorRT standard plugin (the app loads "
@@ -277,6 +279,8 @@ _ADVICE: Mapping[str, str] = MappingProxyType({
                                  "reduction",
     "maxpool.unbatched": "Unsqueeze a batch dim before the pooling and Squeeze it after",
     "eyelike.bool": "build the EyeLike in a numeric type and Cast to BOOL",
+    "mod.missing": "write the remainder with Div, Mul, Sub (and Where for fmod=0 signs)",
+    "xor.missing": "write Xor as And(Or(a, b), Not(And(a, b)))",
     "gridsample.double_grid": "Cast the grid to FLOAT (the exporter's linspace made it DOUBLE)",
     "custom_op.mmcv_grid_sampler": "map it to ONNX GridSample (TensorRT >= 8.5 imports it)",
     "custom_op.mmcv_roialign": "map it to ONNX RoiAlign (TensorRT >= 8.5 imports it)",
@@ -854,6 +858,8 @@ _MISSING_KEYS: Mapping[str, str] = MappingProxyType({
     "GridSample": "gridsample.missing",
     "RoiAlign": "roialign.missing",
     "NonMaxSuppression": "nms.missing",
+    "Mod": "mod.missing",
+    "Xor": "xor.missing",
 })
 
 # mmcv/mmdeploy custom ops graphfix maps to standard ops: op type -> (limitation, ONNX op it maps
