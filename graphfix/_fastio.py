@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -34,14 +34,19 @@ _VALUE_INFO_KEY = "_graphfix_value_info"
 _A = onnx.AttributeProto
 
 
-def import_model(proto: onnx.ModelProto) -> gs.Graph:
-    """A graphsurgeon graph equal to `gs.import_onnx(proto)`, built without its overhead."""
+def import_model(proto: onnx.ModelProto, weights: Mapping[str, onnx.TensorProto] | None = None) -> gs.Graph:
+    """A graphsurgeon graph equal to `gs.import_onnx(proto)`, built without its overhead.
+
+    `weights` are main-graph initializers kept out of `proto` (see ir.Typed): `proto` lists
+    them as typed graph inputs, which they are not.
+    """
+    weights = weights or {}
     if not _supported(proto):
-        return gs.import_onnx(proto)
+        return gs.import_onnx(_whole(proto, weights) if weights else proto)
     opset = OnnxImporter.get_opset(proto)
     domains = OnnxImporter.get_import_domains(proto)
     with _collection_paused():
-        graph = _Importer(opset, domains).graph(proto.graph, {})
+        graph = _Importer(opset, domains).graph(proto.graph, {}, weights)
     graph.producer_name, graph.producer_version = proto.producer_name, proto.producer_version
     graph.ir_version = proto.ir_version
     return graph
@@ -58,6 +63,15 @@ def _collection_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _whole(proto: onnx.ModelProto, weights: Mapping[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy of `proto` with its kept-out initializers back (graphsurgeon's importer needs them)."""
+    from graphfix.ir import with_weights
+
+    whole = onnx.ModelProto()
+    whole.CopyFrom(proto)
+    return with_weights(whole, dict(weights))
 
 
 def _supported(proto: onnx.ModelProto) -> bool:
@@ -124,9 +138,11 @@ class _Importer:
         self.opset = opset
         self.domains = domains
 
-    def graph(self, proto: onnx.GraphProto, outer: dict[str, gs.Tensor]) -> gs.Graph:
+    def graph(
+        self, proto: onnx.GraphProto, outer: dict[str, gs.Tensor], weights: Mapping[str, onnx.TensorProto] | None = None
+    ) -> gs.Graph:
         local: dict[str, gs.Tensor] = {}
-        for initializer in proto.initializer:
+        for initializer in [*proto.initializer, *(weights or {}).values()]:
             local[initializer.name] = OnnxImporter.import_tensor(initializer)
         for info in proto.value_info:
             # Shape inference also lists outer-scope tensors in a body's value_info; a local
@@ -136,7 +152,7 @@ class _Importer:
                 tensor = local[info.name] = _new_variable(info.name)
             if isinstance(tensor, gs.Variable) and tensor.dtype is None:
                 _typed(tensor, info)
-        initializer_names = {t.name for t in proto.initializer}
+        initializer_names = {t.name for t in proto.initializer} | set(weights or ())
         inputs = [self._io(info, local) for info in proto.input if info.name not in initializer_names]
         outputs = [self._io(info, local) for info in proto.output]
 

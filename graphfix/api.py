@@ -259,12 +259,12 @@ def apply_file(source: str | Path, output: str | Path | None = None, options: Ap
     started = time.perf_counter()
     proto, external = ir.read_model(source)
     warnings = [validate(proto, verify=options.verify and not options.dry_run, force=options.force, source=source)]
-    proto, problem = ir.with_inferred_types(proto)
-    if problem and not warnings[0]:
-        warnings.append(f"input fails onnx shape inference: {problem}")
+    typed = ir.with_inferred_types(proto)
+    if typed.problem and not warnings[0]:
+        warnings.append(f"input fails onnx shape inference: {typed.problem}")
     warnings = [w for w in warnings if w]
-    model = ir.from_proto(proto, path=source, external_data=external, typed=True)
-    del proto
+    model = ir.from_proto(proto, path=source, external_data=external, typed=typed)
+    del proto, typed
     if not ir.is_sorted(model.graph):  # only reachable with --force: the checker refuses it
         ir.toposort(model.graph)
     loaded = time.perf_counter()

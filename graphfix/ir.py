@@ -62,6 +62,9 @@ __all__ = [
     "node_to_proto",
     "infer_output_types",
     "with_inferred_types",
+    "weightless",
+    "with_weights",
+    "Typed",
     "is_huge",
     "tensor_to_proto",
     "value_info",
@@ -183,7 +186,7 @@ def load(path: str | os.PathLike) -> Model:
 
 
 def from_proto(
-    proto: onnx.ModelProto, *, path: Path | None = None, external_data: bool = False, typed: bool = False
+    proto: onnx.ModelProto, *, path: Path | None = None, external_data: bool = False, typed: Typed | None = None
 ) -> Model:
     """A working model of `proto` (which it takes over: initializers are not copied)."""
     graph = import_proto(proto, typed=typed)
@@ -200,25 +203,73 @@ def _metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
     return kept
 
 
-def with_inferred_types(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """`proto` with ONNX shape inference's value_info, so rules know intermediate dtypes.
+@dataclass
+class Typed:
+    """A model prepared for import: `proto` carries shape inference's value_info but not the
+    large initializers, which stay in the loaded model (`weights`) so inference copies no
+    weights; `problem` is the first line of strict inference's error ('' when none)."""
 
-    Returns:
-        The typed model and '' when strict shape inference accepts it; otherwise the best
-        effort of non-strict inference and the first line of the strict error (exports with
-        such nodes are what the repair rules are for). Models too large for one protobuf are
-        returned as they are.
+    proto: onnx.ModelProto
+    weights: dict[str, onnx.TensorProto]
+    problem: str = ""
+
+
+# Initializers up to this many bytes stay in the model shape inference sees (shape constants
+# and the like, whose values inference propagates); larger ones are represented by their type.
+_INFERENCE_VALUE_BYTES = 4096
+
+
+def with_inferred_types(proto: onnx.ModelProto) -> Typed:
+    """Run ONNX shape inference on a weightless view of `proto` (see `Typed`).
+
+    Best effort: when strict inference fails (an export bug a repair rule fixes), non-strict
+    inference types what it can. Models too large for one protobuf are not inferred.
     """
     if is_huge(proto):
-        return proto, ""
+        return Typed(proto, {})
+    light, weights = weightless(proto)
     try:
-        return onnx.shape_inference.infer_shapes(proto, strict_mode=True), ""
+        return Typed(onnx.shape_inference.infer_shapes(light, strict_mode=True), weights)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as error:
         problem = str(error).strip().splitlines()[0]
     try:
-        return onnx.shape_inference.infer_shapes(proto), problem
+        return Typed(onnx.shape_inference.infer_shapes(light), weights, problem)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
-        return proto, problem
+        return Typed(light, weights, problem)
+
+
+def weightless(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """A copy of `proto` whose large main-graph initializers are typed graph inputs instead
+    (what shape inference and opset conversion need of them), and those initializers."""
+    light = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(light, name, getattr(proto, name))
+    light.opset_import.extend(proto.opset_import)
+    light.functions.extend(proto.functions)
+    source, graph = proto.graph, light.graph
+    graph.name, graph.doc_string = source.name, source.doc_string
+    weights = {t.name: t for t in source.initializer if _tensor_nbytes(t) > _INFERENCE_VALUE_BYTES}
+    graph.initializer.extend(t for t in source.initializer if t.name not in weights)
+    graph.sparse_initializer.extend(source.sparse_initializer)
+    graph.input.extend(source.input)
+    declared = {i.name for i in source.input}
+    graph.input.extend(
+        onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims))
+        for name, t in weights.items() if name not in declared
+    )
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    graph.node.extend(source.node)
+    return light, weights
+
+
+def with_weights(light: onnx.ModelProto, weights: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """Put back (in place) the initializers `weightless` kept out; returns `light`."""
+    inputs = [i for i in light.graph.input if i.name not in weights]
+    del light.graph.input[:]
+    light.graph.input.extend(inputs)
+    light.graph.initializer.extend(weights.values())
+    return light
 
 
 def is_huge(proto: onnx.ModelProto) -> bool:
@@ -226,11 +277,12 @@ def is_huge(proto: onnx.ModelProto) -> bool:
     return _initializer_bytes(proto) > EXTERNAL_DATA_THRESHOLD
 
 
-def import_proto(proto: onnx.ModelProto, *, typed: bool = False) -> Graph:
-    """A graphsurgeon graph of `proto` (typed by shape inference unless `typed` says it already
-    is); initializers are not copied."""
+def import_proto(proto: onnx.ModelProto, *, typed: Typed | None = None) -> Graph:
+    """A graphsurgeon graph of `proto`, typed by shape inference (`typed`: already done);
+    initializers are not copied."""
     _check_unique_tensor_names(proto)
-    return _fastio.import_model(proto if typed else with_inferred_types(proto)[0])
+    typed = typed or with_inferred_types(proto)
+    return _fastio.import_model(typed.proto, typed.weights)
 
 
 def _check_unique_tensor_names(proto: onnx.ModelProto) -> None:

@@ -11,10 +11,11 @@ never a copy of the model. `mode="full"` runs the whole model after every pass i
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -105,14 +106,47 @@ class RulePass(Pass):
         return PassResult(self.name, self.rules, journal, time.perf_counter() - start, driver)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelContext:
-    """The `ctx` of whole-model rules."""
+    """The `ctx` of whole-model rules: `proto` is exported on first use (a check that can decide
+    from `op_types` alone costs no copy of the model)."""
 
     opset: int
     target: Any
     options: dict[str, Any]
-    proto: Any  # the model as exported before the rule (onnx.ModelProto)
+    model: ir.Model = field(repr=False)
+
+    @functools.cached_property
+    def proto(self) -> Any:
+        """The model as exported before the rule (onnx.ModelProto)."""
+        return ir.to_proto(self.model)
+
+    @functools.cached_property
+    def op_types(self) -> frozenset[tuple[str, str]]:
+        """(domain, op type) of every node, subgraphs included ('' for the default domain)."""
+        return frozenset(
+            ("" if node.domain in (None, "ai.onnx") else node.domain, node.op)
+            for graph in ir.iter_graphs(self.model.graph) for node in graph.nodes
+        )
+
+    def weights(self, dtype: Any) -> Iterator[tuple[str, Any]]:
+        """(name, values) of every initializer and Constant-node output of a numpy `dtype`,
+        loading only those (a check can look at INT64 weights without exporting the model)."""
+        seen: set[str] = set()
+        for graph in ir.iter_graphs(self.model.graph):
+            for node in graph.nodes:
+                for tensor in (*node.inputs, *(node.outputs if node.op == "Constant" else ())):
+                    if tensor.name in seen or ir.numpy_dtype(tensor) != dtype:
+                        continue
+                    value = ir.literal_value(tensor)
+                    if value is not None:
+                        seen.add(tensor.name)
+                        yield tensor.name, value
+
+    def node_named(self, op_type: str) -> str:
+        """The first node of `op_type`, by name (its first output's for an unnamed node)."""
+        node = next(n for g in ir.iter_graphs(self.model.graph) for n in g.nodes if n.op == op_type)
+        return node.name or (node.outputs[0].name if node.outputs else "")
 
 
 class ModelRulePass(Pass):
@@ -128,8 +162,7 @@ class ModelRulePass(Pass):
         start = time.perf_counter()
         result = PassResult(self.name, self.rules, journal, 0.0, whole_graph=True)
         rule = self._rule
-        proto = ir.to_proto(model)
-        ctx = ModelContext(model.opset, target, {**rule.option_defaults, **rule.options}, proto)
+        ctx = ModelContext(model.opset, target, {**rule.option_defaults, **rule.options}, model)
         verdict = _guarded(rule, "checking", lambda: rule.check_fn(ctx) if rule.check_fn else Accept())
         if isinstance(verdict, Reject) or verdict is False:
             reason = verdict.reason if isinstance(verdict, Reject) else "check returned False"
@@ -139,7 +172,7 @@ class ModelRulePass(Pass):
             result.driver.rewrites.append(record)
             values = verdict.values if isinstance(verdict, Accept) else {}
             if not dry_run:
-                transformed = _guarded(rule, "transforming", lambda: rule.transform_fn(ctx, proto, **values))
+                transformed = _guarded(rule, "transforming", lambda: rule.transform_fn(ctx, ctx.proto, **values))
                 journal.swap(model, "graph", ir.import_proto(transformed))
         result.seconds = time.perf_counter() - start
         return result

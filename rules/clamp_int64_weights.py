@@ -72,6 +72,9 @@ class ClampInt64Weights:
     """
 
     def check(self, ctx):
+        limits = np.iinfo(np.int32)
+        if not any(np.any((v < limits.min) | (v > limits.max)) for _, v in ctx.weights(np.dtype(np.int64))):
+            return gf.reject("no INT64 weight holds values outside INT32")  # decided without an export
         uses = _out_of_range_uses(ctx.proto)
         if not uses:
             return gf.reject("no INT64 weight holds values outside INT32")

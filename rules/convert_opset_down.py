@@ -10,6 +10,7 @@ import onnx
 import onnx.version_converter
 
 import graphfix as gf
+from graphfix.ir import weightless, with_weights
 from graphfix.rules._protos import (
     DEFAULT_DOMAINS,
     all_graphs,
@@ -95,6 +96,11 @@ class ConvertOpsetDown:
         if ctx.opset <= wanted:
             return gf.reject(f"opset {ctx.opset} is within the declared range of {_label(ctx.target)} "
                              f"(up to {wanted})")
+        missing = sorted(op for domain, op in ctx.op_types if domain == "" and not _exists(op, wanted))
+        if missing:  # decided without exporting or converting the model
+            name = ctx.node_named(missing[0])
+            return gf.reject(f"no opset-{wanted} form for {_label(ctx.target)}: {missing[0]} (node {name}) "
+                             f"does not exist before opset {_first_version(missing[0])}")
         try:
             converted = _converted(ctx.proto, wanted)
         except _NotConvertible as error:
@@ -103,6 +109,19 @@ class ConvertOpsetDown:
 
     def transform(self, ctx, proto, converted):
         return converted
+
+
+def _exists(op: str, opset: int) -> bool:
+    try:
+        onnx.defs.get_schema(op, opset)
+    except onnx.defs.SchemaError:
+        return False
+    return True
+
+
+def _first_version(op: str) -> int:
+    """The opset an ONNX op first appeared in (get_schema at opset 1 finds nothing before it)."""
+    return next(v for v in range(1, onnx.defs.onnx_opset_version() + 1) if _exists(op, v))
 
 
 def _declared_opset(target: Any) -> int | None:
@@ -122,10 +141,11 @@ def _converted(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     if proto.functions:
         raise _NotConvertible(f"the model has local functions ({proto.functions[0].name}, ...), "
                               "which the conversion does not handle")
-    if proto.ByteSize() > _PROTOBUF_LIMIT:
+    # Converted without its large weights (typed graph inputs stand for them): each conversion
+    # step copies the model, and the adapters only read small constants (axes, shapes).
+    model, weights = weightless(proto)
+    if model.ByteSize() > _PROTOBUF_LIMIT:
         raise _NotConvertible("the model is larger than 2 GB, the most onnx.version_converter takes")
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
     current = _default_opset(model)
     _prepare_axes_inputs(model, opset)
     ranks = _ranks(model)
@@ -135,7 +155,7 @@ def _converted(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise _NotConvertible(f"the opset-{opset} model fails onnx.checker: {_first_line(error)}") from None
-    return model
+    return with_weights(model, weights)
 
 
 def _step_down(model: onnx.ModelProto, version: int, ranks: dict[str, int]) -> onnx.ModelProto:
