@@ -91,7 +91,7 @@ def main() -> int:
         "crashes": len(crashes),
         "rolled_back": sorted({name for r in results for name in r.get("rolled_back", [])}),
         "unverified": sum(bool(r.get("unverified")) for r in results),
-        "with_leftovers": sum(bool(r.get("leftovers")) for r in results),
+        "with_leftovers": sum(any((r.get("leftovers") or {}).values()) for r in results),
     }
     print(json.dumps(summary, indent=2))
     if args.json:
