@@ -15,7 +15,7 @@ import os
 import numpy as np
 import onnx
 from conftest import run
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -152,6 +152,9 @@ def test_apply_verifies_or_declines(case):
     working = ir.from_proto(proto)
     shape = "x:" + "x".join(str(d) for d in dims)
     report = gf.apply(working, gf.ApplyOptions(entry_points=False, input_shapes=(shape,)))
+    for p in report.passes:  # shown by --hypothesis-show-statistics: which rules the examples exercised
+        if p.matches:
+            event(f"{p.name}: {p.status}")
     for p in report.passes:
         assert p.status in (STATUS_VERIFIED, STATUS_ROLLED_BACK, STATUS_UNVERIFIED, "unchanged"), p
         if p.status in (STATUS_ROLLED_BACK, STATUS_UNVERIFIED):
