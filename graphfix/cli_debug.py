@@ -54,33 +54,14 @@ def _read(path: str) -> onnx.ModelProto:
     return ir.read_model(path)[0]
 
 
-def _input_specs(model: onnx.ModelProto) -> list[Any]:
-    import numpy as np
-    import onnx
-
-    from graphfix.verify import InputSpec
-
-    initializers = {t.name for t in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        try:
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"input {value.name!r} has no element type graphfix can feed") from None
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
-        specs.append(InputSpec(value.name, dtype, dims))
-    return specs
-
-
 def _feed_sets(model: onnx.ModelProto, args: argparse.Namespace) -> list[dict[str, np.ndarray]]:
     """One feed set per --inputs file (arrays the model has no input for are left out), else
     `--input-sets` synthesised ones."""
     from graphfix import verify
 
-    specs = _input_specs(model)
+    from graphfix.verify import proto_inputs
+
+    specs = proto_inputs(model)
     names = {s.name for s in specs}
     shapes = dict(verify.parse_input_shape(t) for t in args.input_shape)
     ranges = dict(verify.parse_input_range(t) for t in args.input_range)

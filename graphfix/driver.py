@@ -21,11 +21,11 @@ from graphfix.builder import Builder, PendingNode
 from graphfix.context import Context
 from graphfix.errors import RuleError
 from graphfix.pattern import Match, MatchFailure, OpIndex, Pattern
+from graphfix.report import RewriteEntry
 from graphfix.rule import Accept, Reject, Rule, call_with_bindings
 
 __all__ = [
     "Region",
-    "RewriteRecord",
     "NearMiss",
     "DriverResult",
     "TensorName",
@@ -65,18 +65,6 @@ class Region:
 
 
 @dataclass(frozen=True)
-class RewriteRecord:
-    """One rewrite, for the report and `--dry-run`."""
-
-    rule: str
-    root: str
-    root_op: str
-    matched: tuple[str, ...]
-    added: tuple[str, ...]
-    added_ops: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class NearMiss:
     """The nearest a rule came to firing: the node, the reason, and how far matching got."""
 
@@ -88,7 +76,7 @@ class NearMiss:
 
 @dataclass
 class DriverResult:
-    rewrites: list[RewriteRecord] = field(default_factory=list)
+    rewrites: list[RewriteEntry] = field(default_factory=list)
     regions: list[Region] = field(default_factory=list)
     near_misses: dict[str, NearMiss] = field(default_factory=dict)
     rounds: int = 0
@@ -247,7 +235,7 @@ class _Applier:
         builder = Builder(rule.name, node.name, self.names, self.model.opset, ctx)
         arguments = {**match.bindings, **values, "ctx": ctx}
         replacement = self.guard(rule, node, "rewriting", lambda: call_with_bindings(rule.rewrite_fn, builder, arguments))
-        record = RewriteRecord(
+        record = RewriteEntry(
             rule=rule.name,
             root=node.name,
             root_op=node.op,

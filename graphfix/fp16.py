@@ -68,7 +68,7 @@ from graphfix import execute, trt
 from graphfix.bisect import DEFAULT_BUDGET, CaptureMeter, Divergence, compare_to_scale, first_divergence, stream_tensors
 from graphfix.errors import UsageError
 from graphfix.report import Comparison
-from graphfix.verify import Tolerance
+from graphfix.verify import Tolerance, proto_inputs
 
 __all__ = [
     "DEFAULT_MARGIN",
@@ -865,16 +865,7 @@ def _weakly_typed_plan(plan: _Plan, keep: Sequence[int], feed_sets: Sequence[Map
 
 
 def _trt_inputs(model: onnx.ModelProto) -> list[trt.InputSpec]:
-    initializers = {t.name for t in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-        specs.append(trt.InputSpec(value.name, dtype, dims))
-    return specs
+    return [trt.InputSpec(spec.name, spec.dtype.name, spec.dims) for spec in proto_inputs(model)]
 
 
 def _profile(model: onnx.ModelProto, feed_sets: Sequence[Mapping[str, np.ndarray]]) -> list[trt.ShapeRange]:

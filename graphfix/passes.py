@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from graphfix import execute, ir
-from graphfix.driver import DriverResult, NearMiss, Region, RewriteRecord, apply_rules
+from graphfix.driver import DriverResult, NearMiss, Region, apply_rules
 from graphfix.errors import RuleError, VerificationError
 from graphfix.report import (
     STATUS_DRY_RUN,
@@ -168,7 +168,7 @@ class ModelRulePass(Pass):
             reason = verdict.reason if isinstance(verdict, Reject) else "check returned False"
             result.driver.near_misses[rule.name] = NearMiss(rule.name, "<model>", reason, 1)
         else:
-            record = RewriteRecord(rule.name, "<model>", "<model>", (), (), ())
+            record = RewriteEntry(rule.name, "<model>", "<model>", (), (), ())
             result.driver.rewrites.append(record)
             values = verdict.values if isinstance(verdict, Accept) else {}
             if not dry_run:
@@ -513,7 +513,7 @@ def _report(result: PassResult) -> PassReport:
         detail=result.detail,
         max_abs=result.max_abs,
         max_rel=result.max_rel,
-        rewrites=tuple(RewriteEntry(**vars(r)) for r in driver.rewrites),
+        rewrites=tuple(driver.rewrites),
         near_misses=tuple((m.rule, m.node, m.reason) for m in driver.near_misses.values()),
         converged=driver.converged,
         still_firing=driver.still_firing,

@@ -48,6 +48,8 @@ class Comparison:
 
 @dataclass(frozen=True)
 class RewriteEntry:
+    """One rewrite: the rule, the matched root and nodes, the nodes it added."""
+
     rule: str
     root: str
     root_op: str

@@ -30,6 +30,7 @@ __all__ = [
     "Tolerance",
     "InputSpec",
     "model_inputs",
+    "proto_inputs",
     "parse_input_shape",
     "parse_input_range",
     "load_inputs",
@@ -81,6 +82,23 @@ def model_inputs(graph: ir.Graph) -> list[InputSpec]:
         if dtype is None:
             raise InputError(f"input {tensor.name!r} has no element type graphfix can feed")
         specs.append(InputSpec(tensor.name, dtype, ir.shape(tensor) or ()))
+    return specs
+
+
+def proto_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs of a ModelProto (initializers excluded), read without importing the graph."""
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"input {value.name!r} has no element type graphfix can feed") from None
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
+        specs.append(InputSpec(value.name, dtype, dims))
     return specs
 
 
