@@ -261,3 +261,31 @@ def test_whole_model_rules_keep_subgraphs_wired_to_outer_producers():
     result, report = rewrite(model, "clamp_int64_weights", "replace_cast_to_bool", target="trt7.2")
     assert [p.status for p in report.passes] == ["verified", "verified"]
     assert len(result.graph.node) > 1000  # nothing the If bodies read was dropped as dead
+
+
+def test_incremental_catches_a_wrong_rewrite_deep_in_a_big_model_like_full_and_runs_the_reference_once():
+    """The benchmark's 3000-node block model; one Add in the middle is rewritten wrongly."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import models
+
+    proto = models.build(3000)
+    adds = [n.name for n in proto.graph.node if n.op_type == "Add"]
+    target = adds[len(adds) // 2]
+    wrong = gf.rule(pattern=lambda op, a, b: op.Add(a, b, _capture="add"), name="wrong_add",
+                    check=lambda ctx, add: add.name == target)(lambda op, a, b: op.Sub(a, b))
+    reports = {}
+    for mode in ("incremental", "full"):
+        result, report = rewrite(proto, "wrong_add", extra_rules=[wrong], verify_mode=mode)
+        [p] = report.passes
+        assert p.matches == 1 and p.status == "rolled back", (mode, p.status)
+        assert f"at node {target}" in p.detail
+        assert target in {n.name for n in result.graph.node}
+        assert not any(n.name.startswith("wrong_add/") for n in result.graph.node)
+        reports[mode] = report
+    # Incremental: one reference run, the rollback decided locally, one final run.
+    assert reports["incremental"].verification.full_runs == 2
+    assert reports["full"].verification.full_runs >= 1
