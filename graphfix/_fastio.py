@@ -128,7 +128,7 @@ def _typed(tensor: gs.Variable, info: onnx.ValueInfoProto) -> None:
         tensor.__dict__.update(
             dtype=get_onnx_tensor_dtype(info), shape=get_onnx_tensor_shape(info), type=get_onnx_tensor_type(info)
         )
-        tensor.__dict__[_VALUE_INFO_KEY] = info
+        tensor.__dict__[_VALUE_INFO_KEY] = (info, tensor.dtype, _frozen(tensor.shape))
 
 
 class _Importer:
@@ -273,10 +273,17 @@ def _collect(tensor: gs.Tensor, constants: dict[str, gs.Constant], typed: dict[s
 
 
 def _value_info(tensor: gs.Variable) -> onnx.ValueInfoProto:
+    """The imported ValueInfoProto while name, dtype and shape are as imported; else a new one."""
     imported = tensor.__dict__.get(_VALUE_INFO_KEY)
-    if imported is not None and imported.name == tensor.name:
-        return imported
+    if imported is not None:
+        info, dtype, dims = imported
+        if info.name == tensor.name and dtype == tensor.dtype and dims == _frozen(tensor.shape):
+            return info
     return OnnxExporter.export_value_info_proto(tensor, False)
+
+
+def _frozen(dims: Any) -> tuple | None:
+    return None if dims is None else tuple(dims)
 
 
 def _node_proto(node: gs.Node, domains: set[str]) -> onnx.NodeProto:

@@ -21,6 +21,9 @@ __all__ = ["Builder", "PendingNode", "TensorLike", "AXES_INPUT_SINCE"]
 
 TensorLike = ir.Tensor | np.ndarray | None
 
+# Constants up to this many elements are shared between the rewrites of one pass.
+_SHARED_CONSTANT_ELEMENTS = 64
+
 # The opset from which each op takes its axes (or split sizes) as an input instead of an attribute.
 AXES_INPUT_SINCE = {
     "Unsqueeze": 13,
@@ -55,10 +58,20 @@ class Builder:
     """`op` in rewrites. Attribute access creates nodes: `op.Add(x, y)` returns the output tensor.
 
     `op.ctx` is the match's Context (the same object the check received).
+
+    `shared_constants`, kept by the driver for one graph during one pass, makes every small
+    constant (shapes, axes, scalars) one read-only initializer however many rewrites ask for
+    it: a thousand decomposed CumSums then add four Slice parameters, not twenty thousand.
     """
 
     def __init__(
-        self, rule_name: str, root_name: str, names: ir.NameRegistry, opset: int, ctx: Any = None
+        self,
+        rule_name: str,
+        root_name: str,
+        names: ir.NameRegistry,
+        opset: int,
+        ctx: Any = None,
+        shared_constants: dict[tuple, ir.Constant] | None = None,
     ):
         self.opset = opset
         self.ctx = ctx
@@ -66,6 +79,7 @@ class Builder:
         self._prefix = f"{rule_name}/{root_name or 'node'}"
         self._names = names
         self._count = 0
+        self._shared = shared_constants
 
     # -- core
     def node(
@@ -99,7 +113,14 @@ class Builder:
         array = np.asarray(value, dtype=dtype)
         if array.dtype == np.float64 and dtype is None and not isinstance(value, np.ndarray):
             raise TypeError("give constant() a dtype for Python floats (float32? float64?)")
-        return ir.Constant(self._names.fresh(f"{self._prefix}/const{self._next()}"), array)
+        if self._shared is None or array.size > _SHARED_CONSTANT_ELEMENTS:
+            return ir.Constant(self._names.fresh(f"{self._prefix}/const{self._next()}"), array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._shared:
+            array = array.copy()
+            array.setflags(write=False)  # shared by every rewrite that asked for this value
+            self._shared[key] = ir.Constant(self._names.fresh(f"{self._prefix}/const{self._next()}"), array)
+        return self._shared[key]
 
     def int64(self, values: Sequence[int] | int) -> ir.Constant:
         """An int64 initializer (shapes, axes, indices)."""

@@ -160,11 +160,17 @@ class CheckReport:
 
 def node_facts(model: ir.Model) -> Iterator[NodeFacts]:
     """What TensorRT's parser sees of each node: main graph, then every subgraph body."""
+    for node, opset, in_subgraph in _walk(model):
+        yield describe_node(node, opset, in_subgraph)
+
+
+def _walk(model: ir.Model) -> Iterator[tuple[ir.Node, int, bool]]:
+    """Every node with its domain's opset and whether it is in a subgraph body."""
     opsets = _opsets(model)
     for graph in ir.iter_graphs(model.graph):
         in_subgraph = graph is not model.graph
         for node in graph.nodes:
-            yield describe_node(node, opsets.get(node.domain or "", 1), in_subgraph)
+            yield node, opsets.get(node.domain or "", 1), in_subgraph
 
 
 def _opsets(model: ir.Model) -> dict[str, int]:
@@ -284,9 +290,14 @@ def check(model: ir.Model, target: Target, rules: Iterable[Rule] = ()) -> CheckR
     rules = tuple(rules)
     joined: list[CheckFinding] = []
     nodes = 0
-    for facts in node_facts(model):
+    concerned: dict[str, bool] = {}
+    for node, opset, in_subgraph in _walk(model):
         nodes += 1
-        joined += [_join(f, rules, facts.in_subgraph) for f in target.evaluate(facts)]
+        if node.op not in concerned:
+            concerned[node.op] = target.concerns(node.op)
+        if concerned[node.op]:  # describing a node is most of the cost; most ops never flag
+            facts = describe_node(node, opset, in_subgraph)
+            joined += [_join(f, rules, in_subgraph) for f in target.evaluate(facts)]
     model_level = target.evaluate_model(model.opset, int64_out_of_range(model))
     findings = [_join(f, rules, False) for f in model_level] + _grouped(joined)
     return CheckReport(

@@ -26,6 +26,8 @@ class Context:
         target: the TensorRT target profile (graphfix.targets.Target) or None.
         options: the rule's options (defaults overridden by `--rule-option`).
         in_subgraph: the match is inside an If/Loop/Scan body.
+        graph_node_ids: ids of the graph's nodes, kept current by the driver (folding asks
+            whether a producer is in this graph or an outer scope).
     """
 
     root: ir.Node
@@ -36,6 +38,7 @@ class Context:
     target: Any = None
     options: Mapping[str, Any] = field(default_factory=dict)
     in_subgraph: bool = False
+    graph_node_ids: set[int] | None = field(default=None, repr=False)
     _folded: dict[int, np.ndarray | None] = field(default_factory=dict, repr=False)
 
     def constant(self, tensor: ir.Tensor | None) -> np.ndarray | None:
@@ -43,7 +46,7 @@ class Context:
         if tensor is None or tensor.is_empty():
             return None
         if id(tensor) not in self._folded:
-            self._folded[id(tensor)] = execute.fold(tensor, self.graph, self.opset_imports)
+            self._folded[id(tensor)] = execute.fold(tensor, self.graph, self.opset_imports, self.graph_node_ids)
         return self._folded[id(tensor)]
 
     def literal(self, tensor: ir.Tensor | None) -> np.ndarray | None:

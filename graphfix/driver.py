@@ -157,6 +157,7 @@ class _Applier:
         self.patterns = {r.name: _compile(r) for r in self.rules}
         self.depth = max((_pattern_depth(p) for p in self.patterns.values()), default=1)
         self.opset_imports = _opset_imports(model.graph)
+        self.shared_constants: dict[int, dict[tuple, ir.Constant]] = {}  # per graph, see Builder
 
     def round(self, seeds: dict[int, list[ir.Node]] | None) -> tuple[set[str], dict[int, list[ir.Node]]]:
         """One pass over the candidates; returns the rules that fired and the next round's seeds."""
@@ -216,6 +217,7 @@ class _Applier:
             target=self.target,
             options={**rule.option_defaults, **rule.options},
             in_subgraph=scope.in_subgraph,
+            graph_node_ids=scope.node_ids,
         )
         values: Mapping[str, Any] = {}
         if rule.check_fn is not None:
@@ -232,7 +234,8 @@ class _Applier:
 
     def rewrite(self, rule: Rule, node: ir.Node, scope: _GraphScope, match: Match, ctx: Context, values: Mapping[str, Any]) -> list[ir.Node]:
         """Build the replacement and splice it in (or only record it, in a dry run)."""
-        builder = Builder(rule.name, node.name, self.names, self.model.opset, ctx)
+        shared = self.shared_constants.setdefault(id(scope.graph), {})
+        builder = Builder(rule.name, node.name, self.names, self.model.opset, ctx, shared)
         arguments = {**match.bindings, **values, "ctx": ctx}
         replacement = self.guard(rule, node, "rewriting", lambda: call_with_bindings(rule.rewrite_fn, builder, arguments))
         record = RewriteEntry(

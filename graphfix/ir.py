@@ -393,48 +393,103 @@ def _initializer_bytes(proto: onnx.ModelProto) -> int:
     return sum(_tensor_nbytes(t) for t in external_data_helper._get_all_tensors(proto))
 
 
+_SMALL_CONSTANT = 64  # elements of a constant input handed to inference as data (shapes, axes)
+_INFERRED_LIMIT = 20_000
+_inferred: dict[tuple, list[tuple[np.dtype, list | None] | None]] = {}
+
+
 def infer_output_types(
     op_type: str, domain: str, opset: int, attrs: dict[str, Any], inputs: Sequence[Tensor], outputs: Sequence[Variable]
 ) -> None:
-    """Set dtype/shape of a new node's outputs from ONNX type inference (when inputs are typed)."""
+    """Set dtype/shape of a new node's outputs from ONNX type inference (when inputs are typed).
+
+    Results are remembered by op, attributes and input types (and small constant values): a
+    rule rewriting a thousand identical blocks runs inference once per distinct node.
+    """
+    signature = _inference_signature(op_type, domain, opset, attrs, inputs, len(outputs))
+    types = _inferred.get(signature) if signature is not None else None
+    if types is None:
+        types = _inferred_types(op_type, domain, opset, attrs, inputs, len(outputs))
+        if types is None:
+            return
+        if signature is not None:
+            if len(_inferred) >= _INFERRED_LIMIT:
+                _inferred.clear()
+            _inferred[signature] = types
+    for tensor, found in zip(outputs, types):
+        if found is not None:
+            tensor.dtype, dims = found
+            if dims is not None:
+                tensor.shape = list(dims)
+
+
+def _inference_signature(
+    op_type: str, domain: str, opset: int, attrs: dict[str, Any], inputs: Sequence[Tensor], outputs: int
+) -> tuple | None:
+    """A hashable key of everything inference reads; None when an attribute is not plain data."""
+    plain = []
+    for name, value in sorted(attrs.items()):
+        if isinstance(value, (list, tuple)):
+            value = tuple(value)
+            if not all(isinstance(v, (int, float, str, bytes)) for v in value):
+                return None
+        elif not isinstance(value, (int, float, str, bytes)):
+            return None
+        plain.append((name, type(value).__name__, value))
+    typed = []
+    for tensor in inputs:
+        if tensor.is_empty():
+            typed.append(None)
+            continue
+        dims = shape(tensor)
+        small = isinstance(tensor, Constant) and tensor.values.size <= _SMALL_CONSTANT
+        typed.append((str(numpy_dtype(tensor)), None if dims is None else tuple(dims),
+                      np.asarray(tensor.values).tobytes() if small else None))
+    return (op_type, domain, opset, tuple(plain), tuple(typed), outputs)
+
+
+def _inferred_types(
+    op_type: str, domain: str, opset: int, attrs: dict[str, Any], inputs: Sequence[Tensor], outputs: int
+) -> list[tuple[np.dtype, list | None] | None] | None:
+    """(dtype, dims) per output from ONNX's node inference; None when it cannot say."""
     try:
         schema = onnx.defs.get_schema(op_type, opset, domain)
     except onnx.defs.SchemaError:
-        return
+        return None
     types, data = {}, {}
     for index, tensor in enumerate(inputs):
         if tensor.is_empty():
             continue
         dtype = numpy_dtype(tensor)
         if dtype is None:
-            return
+            return None
         dims = shape(tensor)
         types[f"in{index}"] = onnx.helper.make_tensor_type_proto(
             onnx.helper.np_dtype_to_tensor_dtype(dtype), None if dims is None else list(dims)
         )
-        if isinstance(tensor, Constant) and tensor.values.size <= 64:
+        if isinstance(tensor, Constant) and tensor.values.size <= _SMALL_CONSTANT:
             data[f"in{index}"] = onnx.numpy_helper.from_array(np.asarray(tensor.values), f"in{index}")
     node = onnx.helper.make_node(
         op_type,
         ["" if t.is_empty() else f"in{i}" for i, t in enumerate(inputs)],
-        [f"out{i}" for i in range(len(outputs))],
+        [f"out{i}" for i in range(outputs)],
         domain=domain,
     )
     node.attribute.extend(gs.exporters.onnx_exporter.OnnxExporter.export_attributes(attrs))
     try:
         inferred = onnx.shape_inference.infer_node_outputs(schema, node, types, data)
     except Exception:  # inference is a convenience; a node it cannot type stays untyped
-        return
-    for index, tensor in enumerate(outputs):
-        proto = inferred.get(f"out{index}")
-        if proto is None or not proto.HasField("tensor_type") or not proto.tensor_type.elem_type:
-            continue
-        tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(proto.tensor_type.elem_type)
-        if proto.tensor_type.HasField("shape"):
-            tensor.shape = [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in proto.tensor_type.shape.dim
-            ]
+        return None
+    return [_tensor_type(inferred.get(f"out{index}")) for index in range(outputs)]
+
+
+def _tensor_type(proto: onnx.TypeProto | None) -> tuple[np.dtype, list | None] | None:
+    if proto is None or not proto.HasField("tensor_type") or not proto.tensor_type.elem_type:
+        return None
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(proto.tensor_type.elem_type)
+    if not proto.tensor_type.HasField("shape"):
+        return dtype, None
+    return dtype, [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in proto.tensor_type.shape.dim]
 
 
 def node_to_proto(node: Node) -> onnx.NodeProto:
@@ -739,8 +794,7 @@ def _remove_dead_in(graph: Graph, journal: Journal | None) -> int:
         if journal is not None:
             journal.detach(node)
         else:
-            node.inputs.clear()
-            node.outputs.clear()
+            _disconnect(node)
     graph.nodes = [node for node in graph.nodes if id(node) in live]
     return len(dead)
 
@@ -767,7 +821,8 @@ class Journal:
 
     def remember_nodes(self, graph: Graph) -> None:
         """Record `graph`'s node list before the pass changes it (first call wins)."""
-        self._lists_before.setdefault(id(graph), (graph, list(graph.nodes)))
+        if id(graph) not in self._lists_before:
+            self._lists_before[id(graph)] = (graph, list(graph.nodes))
 
     def seal(self) -> None:
         """Record the node lists as the pass leaves them."""
@@ -777,10 +832,10 @@ class Journal:
         old = node.inputs[index]
 
         def redo() -> None:
-            node.inputs[index] = tensor
+            _set_edge(node.inputs, index, tensor)
 
         def undo() -> None:
-            node.inputs[index] = old
+            _set_edge(node.inputs, index, old)
 
         _fastio.forget_proto(node)
         self._do(redo, undo)
@@ -789,10 +844,10 @@ class Journal:
         old = node.outputs[index]
 
         def redo() -> None:
-            node.outputs[index] = tensor
+            _set_edge(node.outputs, index, tensor)
 
         def undo() -> None:
-            node.outputs[index] = old
+            _set_edge(node.outputs, index, old)
 
         _fastio.forget_proto(node)
         self._do(redo, undo)
@@ -840,5 +895,29 @@ def _connect(node: Node, inputs: Iterable[Tensor], outputs: Iterable[Tensor]) ->
 
 
 def _disconnect(node: Node) -> None:
-    node.inputs.clear()
-    node.outputs.clear()
+    for tensor in node.inputs:
+        _unlink(tensor.outputs, node)
+    for tensor in node.outputs:
+        _unlink(tensor.inputs, node)
+    list.clear(node.inputs)
+    list.clear(node.outputs)
+
+
+def _set_edge(edges: Any, index: int, tensor: Tensor) -> None:
+    """`edges[index] = tensor` on a node's graphsurgeon input or output list, by identity."""
+    _unlink(getattr(edges[index], edges.field_name), edges.parent_obj)
+    list.__setitem__(edges, index, tensor)
+    list.append(getattr(tensor, edges.field_name), edges.parent_obj)
+
+
+def _unlink(back_edges: list, node: Node) -> None:
+    """Remove one occurrence of `node` from a tensor's producer or consumer list.
+
+    graphsurgeon's own removal (list.remove) compares with Node.__eq__, which formats a log
+    line per comparison and can take out an equal twin: on a tensor with thousands of consumers
+    undoing a pass became quadratic. The newest edge is the likeliest, so search from the end.
+    """
+    for position in range(len(back_edges) - 1, -1, -1):
+        if back_edges[position] is node:
+            list.__delitem__(back_edges, position)
+            return

@@ -1215,6 +1215,13 @@ class Target:
                        members=tuple(m.with_limitations(*keys) for m in self.members))
 
     # ---- evaluation ---------------------------------------------------------------------
+    def concerns(self, op_type: str) -> bool:
+        """False when `evaluate` returns nothing for every node of this op type."""
+        if self.members:
+            return any(m.concerns(op_type) for m in self.members)
+        return (op_type in _EXPORT_REPAIRS or op_type not in self.importers
+                or bool(self.op_restrictions.get(op_type)))
+
     def evaluate(self, node: NodeFacts) -> list[Finding]:
         """Evaluate one node against this target.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -168,7 +169,7 @@ def _step_down(model: onnx.ModelProto, version: int, ranks: dict[str, int]) -> o
         _refuse_changed_meaning(node, version, ranks)
         if node.op_type in _ONE_AXIS_SINCE_13 and version == 13:
             _write_axis(node, -1)  # the last axis (checked above); Softmax-11's default is 1
-        if _means_the_same(node, onnx.defs.get_schema(node.op_type, version), older):
+        if _keeps_meaning(node, version, older):
             _drop_added_attributes(node, older)
             kept.append(node)
         else:
@@ -232,6 +233,26 @@ def _refuse_changed_meaning(node: onnx.NodeProto, version: int, ranks: dict[str,
     if values is None or value in values:
         raise _NotConvertible(f"{node.op_type} (node {node_name(node)}): opset {version} changed what "
                               f"{name}={value!r} means")
+
+
+def _keeps_meaning(node: onnx.NodeProto, version: int, older: onnx.defs.OpSchema) -> bool:
+    """_means_the_same, remembered per op, version, inputs given and attributes: a model of
+    repeated blocks asks it thousands of times about the same kinds of node."""
+    if any(a.type not in _SMALL_ATTRIBUTE_TYPES for a in node.attribute):  # bodies, tensor values
+        return _means_the_same(node, onnx.defs.get_schema(node.op_type, version), older)
+    key = (
+        node.op_type, version,
+        tuple(bool(n) for n in node.input), tuple(bool(n) for n in node.output),
+        tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute)),
+    )
+    if key not in _meaning_kept:
+        _meaning_kept[key] = _means_the_same(node, onnx.defs.get_schema(node.op_type, version), older)
+    return _meaning_kept[key]
+
+
+_meaning_kept: dict[tuple, bool] = {}
+_A = onnx.AttributeProto
+_SMALL_ATTRIBUTE_TYPES = frozenset({_A.INT, _A.INTS, _A.FLOAT, _A.FLOATS, _A.STRING, _A.STRINGS})
 
 
 def _means_the_same(node: onnx.NodeProto, newer: onnx.defs.OpSchema, older: onnx.defs.OpSchema) -> bool:
@@ -371,6 +392,7 @@ def _set_default_opset(model: onnx.ModelProto, version: int) -> None:
             entry.version = version
 
 
+@functools.cache
 def _since(op_type: str, version: int) -> int:
     try:
         return onnx.defs.get_schema(op_type, version).since_version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import Counter
@@ -67,7 +68,7 @@ class DecomposeEinsum:
     written, so SuperGlue's attention equations become Transpose + MatMul (+ Transpose). The
     second MatMul input is never 1-D: onnxruntime 1.31 at its default ORT_ENABLE_ALL fuses a
     Transpose of the first input into the MatMul and then computes wrong values (graphfix
-    verifies at ORT_ENABLE_BASIC and would not see it). Other pairs are a broadcasting Mul.
+    verifies without graph transforms and would not see it). Other pairs are a broadcasting Mul.
     Integers always take Mul + ReduceSum, exact in integer arithmetic while the sums fit the
     type: TensorRT's MatMul importer refuses INT32 and a float round trip loses integers
     above 2^24; the cost is the broadcast product in memory. (onnxruntime 1.31's CPU
@@ -519,7 +520,7 @@ class _Emitter:
         if self.plan.integer:
             return self._multiply(x, y, product, summed)
         batch = tuple(l for l in shared if l in keep)
-        matmul = min(_matmul_layouts(x, y, batch, summed, order), key=lambda c: c.cost(order))
+        matmul = _cheapest_matmul(x, y, batch, summed, order)
         # An outer product (each side keeps labels of its own) is a MatMul with k = 1 too:
         # exact (one product per element) and faster than onnxruntime's broadcasting Mul, which
         # is worth one more small node.
@@ -674,6 +675,26 @@ def _missing_axes(operand: _Operand, layout: tuple[str, ...]) -> list[int]:
     if not present:
         return []
     return [i for i, l in enumerate(layout[present[0]:]) if l not in operand.labels]
+
+
+def _cheapest_matmul(
+    x: _Operand, y: _Operand, batch: tuple[str, ...], summed: tuple[str, ...], order: tuple[str, ...] | None
+) -> _MatMulLayout:
+    swapped, lead, batch, m, k, n = _cheapest_layout(x.labels, y.labels, batch, summed, order)
+    left, right = (y, x) if swapped else (x, y)
+    return _MatMulLayout(left, right, lead=lead, batch=batch, m=m, k=k, n=n)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cheapest_layout(
+    x_labels: tuple[str, ...], y_labels: tuple[str, ...], batch: tuple[str, ...], summed: tuple[str, ...],
+    order: tuple[str, ...] | None,
+) -> tuple[bool, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The cheapest layout, by labels alone (the cost never reads the tensors): a model with a
+    thousand attention blocks searches each kind of contraction once."""
+    x, y = _Operand(None, x_labels), _Operand(None, y_labels)
+    best = min(_matmul_layouts(x, y, batch, summed, order), key=lambda c: c.cost(order))
+    return best.left is y, best.lead, best.batch, best.m, best.k, best.n
 
 
 def _matmul_layouts(

@@ -136,6 +136,19 @@ def test_journal_undo_and_redo_restore_exact_states():
     assert ir.to_proto(model).SerializeToString() == after
 
 
+def test_export_writes_a_changed_tensor_type_not_the_imported_one():
+    proto = parse(MODEL)
+    proto.graph.value_info.extend([onnx.helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [2, 3])])
+    model = gf.Model(graph=ir.import_proto(proto), source=proto)
+    unchanged = {v.name: v for v in ir.to_proto(model).graph.value_info}["r"]
+    assert [d.dim_value for d in unchanged.type.tensor_type.shape.dim] == [2, 3]
+    tensor = next(t for n in model.graph.nodes for t in n.outputs if t.name == "r")
+    tensor.shape, tensor.dtype = ["n", 3], np.float16
+    exported = {v.name: v for v in ir.to_proto(model).graph.value_info}["r"]
+    assert exported.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert [d.dim_param or d.dim_value for d in exported.type.tensor_type.shape.dim] == ["n", 3]
+
+
 def test_dry_run_changes_nothing_and_lists_matches():
     proto = parse(MODEL)
     model = gf.Model(graph=ir.import_proto(proto), source=proto)
