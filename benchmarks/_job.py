@@ -39,6 +39,7 @@ def _graphfix(model: Path, out: Path, verify: bool) -> dict:
         "nodes": [report.nodes_before, report.nodes_after],
         "full_runs": report.verification.full_runs,
         "region_checks": report.verification.region_checks,
+        "regions_in_final_run": report.verification.regions_in_final_run,
         "rolled_back": [p.name for p in report.rolled_back],
     }
 
@@ -79,7 +80,18 @@ def _ort_run(model: Path, out: Path) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
+def _imports(model: Path, out: Path) -> dict:
+    """What the interpreter holds before any model: graphfix, onnx, onnxruntime, numpy loaded."""
+    start = time.perf_counter()
+    import onnxruntime  # noqa: F401
+
+    import graphfix  # noqa: F401
+
+    return {"seconds": time.perf_counter() - start}
+
+
 JOBS = {
+    "imports": _imports,
     "floor": _floor,
     "graphfix-no-verify": lambda m, o: _graphfix(m, o, verify=False),
     "graphfix": lambda m, o: _graphfix(m, o, verify=True),

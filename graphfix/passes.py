@@ -35,7 +35,7 @@ from graphfix.report import (
     VerificationSummary,
 )
 from graphfix.rule import Accept, Reject, Rule
-from graphfix.verify import Verifier, reference_reads, unordered_outputs
+from graphfix.verify import Verifier, compare, reference_reads, unordered_outputs
 
 __all__ = ["Pass", "RulePass", "ModelRulePass", "ModelContext", "SimplifyPass", "PassResult", "PassManager"]
 
@@ -282,11 +282,12 @@ class PassManager:
                 result.status = result.status or STATUS_UNCHANGED
             return
         reference = self._find_reference()
-        first = reference
-        while first is not None:
-            self._goto(len(self._results))
-            self._check_regions(first)
-            first = self._final_check(reference)
+        if reference is None or not self._verified_by_final_run(reference):
+            first = reference
+            while first is not None:
+                self._goto(len(self._results))
+                self._check_regions(first)
+                first = self._final_check(reference)
         self._goto(len(self._results))
         self.summary = replace(
             self.summary,
@@ -295,6 +296,51 @@ class PassManager:
             region_checks=self.verifier.region_checks,
             seconds=time.perf_counter() - start,
         )
+
+    def _verified_by_final_run(self, reference: int) -> bool:
+        """Incremental mode's common case in one run: the final model, asked for every
+        rewritten region's outputs as well, matches the reference on those and on the model
+        outputs, and every pass is verified with no local check.
+
+        Anything else (a mismatch, a region output that a later pass removed, a rule with its
+        own reference semantics, a run that fails) takes the local way, which pins the blame on
+        one region; this run then only cost one more full run.
+        """
+        if self.verifier.mode != "incremental":
+            return False
+        later = [r for r in self._results[reference:] if r.changed]
+        if any(r.status or r.has_reference for r in later):
+            return False
+        pairs = [(region, ref, new) for r in later for region in r.regions if not region.in_subgraph
+                 for ref, new in region.compare]
+        self._goto(len(self._results))
+        present = _main_graph_names(self._model.graph)
+        if any(new not in present or self.verifier.lookup(ref) is None for _, ref, new in pairs):
+            return False
+        try:
+            final = self.verifier.run(self._model, sorted({new for _, _, new in pairs}))
+        except execute.NotRunnable:
+            return False
+        outputs = self.verifier.compare_outputs(final, self._reference_outputs, self._unordered)
+        regions: dict[int, list[Comparison]] = {}
+        for region, ref, new in pairs:
+            found = compare(ref, final[new], self.verifier.lookup(ref), self.verifier.tolerance,
+                            unordered_rows=ref in region.unordered)
+            regions.setdefault(id(region), []).append(found)
+        if not all(c.ok for c in outputs + [c for found in regions.values() for c in found]):
+            return False
+        for result in self._results[reference:]:
+            if not result.changed:
+                result.status = result.status or STATUS_UNCHANGED
+                continue
+            found = [c for region in result.regions for c in regions.get(id(region), ())]
+            result.status = STATUS_VERIFIED
+            result.max_abs = max((c.max_abs for c in found), default=0.0)
+            result.max_rel = max((c.max_rel for c in found), default=0.0)
+            if result.needs_end_to_end:
+                result.detail = "by the end-to-end run"
+        self.summary = replace(self.summary, final=tuple(outputs), regions_in_final_run=len(regions))
+        return True
 
     def _find_reference(self) -> int | None:
         """Capture the first state onnxruntime runs; returns how many passes it contains."""
@@ -424,8 +470,12 @@ class PassManager:
         bisection rolled a pass back, or None when done."""
         if self.verifier.mode == "full":
             return None
-        custom = [i for i, r in enumerate(self._results) if r.status == STATUS_VERIFIED and r.has_reference]
         expected = self._reference_outputs
+        if not any(r.changed for r in self._results[reference:]):
+            # Every pass since the reference state was rolled back: the final state is that state.
+            self.summary = replace(self.summary, final=tuple(self.verifier.compare_outputs(expected, expected, set())))
+            return None
+        custom = [i for i, r in enumerate(self._results) if r.status == STATUS_VERIFIED and r.has_reference]
         if custom:
             self._goto(custom[-1] + 1)
             state = self._run_or_none()

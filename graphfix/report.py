@@ -85,6 +85,7 @@ class VerificationSummary:
     mode: str = "incremental"
     full_runs: int = 0
     region_checks: int = 0
+    regions_in_final_run: int = 0
     reference_state: str = "input model"
     final: tuple[Comparison, ...] = ()
     note: str = ""
@@ -214,7 +215,9 @@ def _render_verification(summary: VerificationSummary, console: Any) -> None:
     worst = max((c.max_abs for c in summary.final), default=0.0)
     console.print(
         f"verification: {summary.mode}, {summary.full_runs} full onnxruntime run(s), "
-        f"{summary.region_checks} region check(s), reference = {summary.reference_state}; "
+        + (f"{summary.regions_in_final_run} rewritten region(s) compared inside the final run, "
+           if summary.regions_in_final_run else f"{summary.region_checks} region check(s), ")
+        + f"reference = {summary.reference_state}; "
         + ("final outputs match" if summary.final and not failed else "")
         + (f"final outputs differ: {', '.join(c.tensor for c in failed)}" if failed else "")
         + (f" (max abs err {worst:.2e})" if summary.final else "")

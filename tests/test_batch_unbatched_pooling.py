@@ -190,6 +190,6 @@ def test_cli_repair_is_unverified_and_later_passes_are_verified_from_the_repaire
     assert repair["detail"].endswith(f"verified from state after {RULE}")
     assert (cast["name"], cast["matches"], cast["status"]) == ("replace_cast_to_bool", 6, "verified")
     verification = report["verification"]
-    assert verification["reference_state"] == f"state after {RULE}" and verification["region_checks"] == 6
+    assert verification["reference_state"] == f"state after {RULE}" and verification["regions_in_final_run"] == 6
     assert all(c["ok"] and c["max_abs"] == 0 for c in verification["final"])
     onnx.checker.check_model(str(tmp_path / "fixed.onnx"), full_check=True)

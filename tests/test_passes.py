@@ -54,9 +54,27 @@ def test_incremental_verification_runs_the_model_twice_however_many_passes():
         lambda op, x, ctx: op.Max(x, op.constant(np.zeros((), np.float32))))]
     _, report = rewrite(model, "neg_as_sub", "relu_as_max", extra_rules=rules)
     assert [p.status for p in report.passes] == ["verified", "verified"]
-    assert report.verification.full_runs == 2 and report.verification.region_checks == 2
+    # Both regions' outputs are compared inside the final run: no local check was needed.
+    assert report.verification.full_runs == 2 and report.verification.region_checks == 0
+    assert report.verification.regions_in_final_run == 2
     _, full = rewrite(model, "neg_as_sub", "relu_as_max", extra_rules=rules, verify_mode="full")
     assert full.verification.full_runs == 3
+
+
+def test_a_wrong_rewrite_the_outputs_hide_is_still_rolled_back():
+    """Its region's output is compared inside the final run, not only the model outputs."""
+    hidden = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x, float[2,3] y) => (float[2,3] out) {
+        zero = Constant <value = float[1] {0.0}> ()
+        a = Add(x, y)
+        out = Mul(a, zero)
+    }
+    """)
+    _, report = rewrite(hidden, "add_to_sub", extra_rules=[add_to_sub])
+    [wrong] = report.passes
+    assert wrong.status == "rolled back" and "changed a at node" in wrong.detail
+    assert report.verification.full_runs == 2 and report.verification.region_checks == 1
 
 
 def test_strict_turns_a_rollback_into_an_error():
