@@ -150,8 +150,11 @@ def _converted(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     current = _default_opset(model)
     _prepare_axes_inputs(model, opset)
     ranks = _ranks(model)
+    nodes = _default_nodes(model)
     for version in range(current, opset, -1):
-        model = _step_down(model, version, ranks)
+        stepped = _step_down(model, version, ranks, nodes)
+        nodes = nodes if stepped is model else _default_nodes(stepped)  # the converter made a copy
+        model = stepped
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
@@ -159,10 +162,12 @@ def _converted(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return with_weights(model, weights)
 
 
-def _step_down(model: onnx.ModelProto, version: int, ranks: dict[str, int]) -> onnx.ModelProto:
-    """`model` (at `version`) at `version - 1`."""
+def _step_down(
+    model: onnx.ModelProto, version: int, ranks: dict[str, int], nodes: list[onnx.NodeProto]
+) -> onnx.ModelProto:
+    """`model` (at `version`, its default-domain `nodes`) at `version - 1`."""
     kept, adapted = [], []
-    for node in _default_nodes(model):
+    for node in nodes:
         if _since(node.op_type, version) != version:
             continue  # not revised at this opset
         older = _older_schema(node, version)
