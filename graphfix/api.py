@@ -14,7 +14,7 @@ import onnx
 from graphfix import execute, ir
 from graphfix._loader import RuleSet, load_rules
 from graphfix.check import check
-from graphfix.errors import InputError, UsageError
+from graphfix.errors import InputError, UsageError, first_line
 from graphfix.passes import ModelRulePass, Pass, PassManager, RulePass, SimplifyPass, raise_if_strict
 from graphfix.report import ApplyReport, VerificationSummary
 from graphfix.rule import STAGES, Rule
@@ -177,7 +177,7 @@ def validate(proto: onnx.ModelProto, *, verify: bool, force: bool, source: Path)
         # A model over 2 GB cannot be one protobuf message: the checker reads it from its file.
         onnx.checker.check_model(str(source) if ir.is_huge(proto) else proto)
     except onnx.checker.ValidationError as error:
-        first = str(error).strip().splitlines()[0]
+        first = first_line(error)
         if not force:
             raise InputError(f"{source}: fails onnx.checker before any rule: {first} (--force proceeds)") from None
         return f"input fails onnx.checker (proceeding with --force): {first}"
@@ -297,7 +297,7 @@ def _check_output(staged: Path, *, input_was_valid: bool) -> None:
     try:
         onnx.checker.check_model(str(staged), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        first = str(error).strip().splitlines()[0]
+        first = first_line(error)
         if input_was_valid:
             raise InputError(f"the rewritten model fails onnx.checker (not written): {first}") from None
         logger.warning("the rewritten model fails onnx.checker like its input: %s", first)

@@ -11,7 +11,17 @@ __all__ = [
     "RuleError",
     "VerificationError",
     "UsageError",
+    "first_line",
 ]
+
+
+def first_line(error: BaseException, limit: int = 400) -> str:
+    """The first non-blank line of `error`'s message (its type name when the message is empty):
+    checkers and onnxruntime raise multi-line messages, and users get one line."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(error).__name__
 
 
 class GraphfixError(Exception):

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from graphfix import ir
+from graphfix.errors import first_line
 from graphfix.kernels import find_kernel
 
 __all__ = [
@@ -104,14 +105,6 @@ def _session_from_file(model: onnx.ModelProto, options: Any) -> Any:
         path = Path(folder) / "model.onnx"
         onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:400]
-    return type(error).__name__
 
 
 def _blamed_node(message: str, nodes: Sequence[onnx.NodeProto]) -> onnx.NodeProto | None:
@@ -209,7 +202,7 @@ def _run_whole(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], wanted: 
 
 
 def _not_runnable(error: Exception, nodes: Sequence[onnx.NodeProto]) -> NotRunnable:
-    message = _first_line(error)
+    message = first_line(error)
     node = _blamed_node(message, nodes)
     if node is None:
         return NotRunnable("?", "?", f"onnxruntime: {message}")
@@ -236,8 +229,10 @@ def evaluate(
 ) -> dict[str, np.ndarray]:
     """Run `program` on `feeds`, cut into segments; returns the `wanted` tensors.
 
-    Segments end at nodes that need a graphfix kernel, and after `chunk_nodes` nodes. With `on_values`, every tensor a segment produces is passed to it right after the
-    segment runs, and tensors nobody needs later are dropped, so memory stays near the live set.
+    Segments end at nodes that need a graphfix kernel, and after `chunk_nodes` nodes (one
+    onnxruntime session each, see SESSION_NODES). With `on_values`, every tensor a segment
+    produces is passed to it right after the segment runs, and tensors nobody needs later are
+    dropped, so memory stays near the live set.
 
     Raises:
         NotRunnable: a node has no onnxruntime kernel and no graphfix kernel, or failed.

@@ -24,7 +24,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from onnx import external_data_helper
 
 from graphfix import _fastio
-from graphfix.errors import InputError
+from graphfix.errors import InputError, first_line
 
 __all__ = [
     "Graph",
@@ -231,7 +231,7 @@ def with_inferred_types(proto: onnx.ModelProto) -> Typed:
     try:
         return Typed(onnx.shape_inference.infer_shapes(light, strict_mode=True), weights)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as error:
-        problem = str(error).strip().splitlines()[0]
+        problem = first_line(error)
     try:
         return Typed(onnx.shape_inference.infer_shapes(light), weights, problem)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):

@@ -21,7 +21,7 @@ from typing import Any
 
 from graphfix import execute, ir
 from graphfix.driver import DriverResult, NearMiss, Region, apply_rules
-from graphfix.errors import RuleError, VerificationError
+from graphfix.errors import RuleError, VerificationError, first_line
 from graphfix.report import (
     STATUS_DRY_RUN,
     STATUS_NOT_VERIFIED,
@@ -201,7 +201,7 @@ class SimplifyPass(Pass):
                 simplified, _ = onnxsim.simplify(ir.to_proto(model), check_n=0)
                 journal.swap(model, "graph", ir.import_proto(simplified))
             except Exception as error:  # onnxsim raises plain RuntimeErrors from C++
-                result.error = f"onnxsim failed: {str(error).strip().splitlines()[0][:300]}"
+                result.error = f"onnxsim failed: {first_line(error)}"
         result.seconds = time.perf_counter() - start
         return result
 

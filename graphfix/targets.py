@@ -360,7 +360,8 @@ Condition = MinOpset | AnyInputComputed | InputDtypeIs
 class Restriction:
     """Base: a limitation key, a finding kind, gating conditions and a citation.
 
-    Subclasses implement ``_reasons`` (concrete sentences, one per violation).
+    Never used alone: each subclass defines ``_reasons(node) -> list[str]``, the concrete
+    sentences (one per violation) once the conditions in ``when`` hold.
     """
 
     limitation: str
@@ -373,9 +374,6 @@ class Restriction:
         if not all(c.holds(node) for c in self.when):
             return []
         return self._reasons(node)
-
-    def _reasons(self, node: NodeFacts) -> list[str]:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

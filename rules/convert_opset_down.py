@@ -11,6 +11,7 @@ import onnx
 import onnx.version_converter
 
 import graphfix as gf
+from graphfix.errors import first_line
 from graphfix.ir import weightless, with_weights
 from graphfix.rules._protos import (
     DEFAULT_DOMAINS,
@@ -158,7 +159,7 @@ def _converted(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        raise _NotConvertible(f"the opset-{opset} model fails onnx.checker: {_first_line(error)}") from None
+        raise _NotConvertible(f"the opset-{opset} model fails onnx.checker: {first_line(error)}") from None
     return with_weights(model, weights)
 
 
@@ -308,7 +309,7 @@ def _param_name(params: Any, position: int) -> str | None:
 def _converter_failure(error: Exception, adapted: list[onnx.NodeProto], version: int) -> str:
     match = _NO_ADAPTER.search(str(error))
     if match is None:
-        return f"onnx.version_converter failed from opset {version} to {version - 1}: {_first_line(error)}"
+        return f"onnx.version_converter failed from opset {version} to {version - 1}: {first_line(error)}"
     op = match.group(1)
     nodes = ", ".join(node_name(n) for n in adapted if n.op_type == op) or "?"
     return (f"onnx.version_converter has no adapter taking {op} from opset {version} to "
@@ -446,8 +447,3 @@ def _remove_attribute(node: onnx.NodeProto, name: str) -> None:
 def _write_axis(node: onnx.NodeProto, axis: int) -> None:
     _remove_attribute(node, "axis")
     node.attribute.append(onnx.helper.make_attribute("axis", axis))
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -121,3 +121,10 @@ def test_ir3_models_with_initializers_among_inputs_are_written_valid(tmp_path):
     fixed = onnx.load(out)
     assert fixed.ir_version >= 4
     onnx.checker.check_model(fixed, full_check=True)
+
+
+def test_errors_reach_users_as_their_first_non_blank_line():
+    from graphfix.errors import first_line
+
+    assert first_line(RuntimeError("\n  \n  [ONNXRuntimeError] bad node  \n  at frame 3")) == "[ONNXRuntimeError] bad node"
+    assert first_line(ValueError("")) == "ValueError"  # an empty message must not raise IndexError
