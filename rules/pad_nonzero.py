@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 import graphfix as gf
+from graphfix.rules.decompose_nms import TOPK_LIMIT
 
-# TensorRT's TopK layer takes K <= 3840 in every release (H7.2, H10.16).
-_TOPK_LIMIT = 3840
 _TOPK_K_INPUT_SINCE = 10
+_TOPK_ORDER_ATTRIBUTES_SINCE = 11  # largest / sorted; TopK-10 always returns the largest, sorted
 # Equal compares floats from opset 11 (Equal-7 takes bool, int32 and int64 only).
 _EQUAL_FLOATS_SINCE = 11
 INVALID = -1
@@ -45,8 +45,8 @@ class PadNonzero:
         max_count = int(ctx.options["max_count"])
         if max_count <= 0:
             return gf.reject("set the maximum count: --rule-option pad_nonzero.max_count=N", nonzero)
-        if max_count > _TOPK_LIMIT:
-            return gf.reject(f"max_count {max_count} is above TensorRT's TopK limit {_TOPK_LIMIT}", nonzero)
+        if max_count > TOPK_LIMIT:
+            return gf.reject(f"max_count {max_count} is above TensorRT's TopK limit {TOPK_LIMIT}", nonzero)
         rank = ctx.rank(x)
         if not rank:
             return gf.reject("the input's rank is unknown or 0", x)
@@ -90,9 +90,11 @@ def flags_unavailable(ctx, x) -> gf.Reject | None:
 
 
 def _largest(op, values, count: int):
-    """TopK of the `count` largest along axis 0, sorted (K is an attribute before opset 10)."""
+    """TopK of the `count` largest along axis 0, sorted, in the spelling of the model's opset."""
     if op.opset < _TOPK_K_INPUT_SINCE:
         return op.TopK(values, axis=0, k=count, _outputs=2)
+    if op.opset < _TOPK_ORDER_ATTRIBUTES_SINCE:
+        return op.TopK(values, op.int64([count]), axis=0, _outputs=2)
     return op.TopK(values, op.int64([count]), axis=0, largest=1, sorted=1, _outputs=2)
 
 

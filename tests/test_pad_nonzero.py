@@ -67,6 +67,18 @@ def test_padded_form_in_every_dtype_and_dynamic_shape(dtype, np_dtype, rng):
         np.testing.assert_array_equal(run(result, {"x": x})[0], _padded(np.stack(np.nonzero(x)), 16))
 
 
+@pytest.mark.parametrize("opset", [9, 10, 11])  # TopK: K an attribute, K an input, order attributes
+def test_padded_form_is_valid_at_every_topk_revision(opset, rng):
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : {opset}]>
+    g (int32[a, b] x) => (int64[r, n] y) {{ y = NonZero(x) }}
+    """)
+    result, report = rewrite(model, RULE, rule_options=(f"{RULE}.max_count=8",))  # checks the model
+    assert report.passes[0].status == "verified"
+    x = (rng.random((3, 4)) < 0.4).astype(np.int32)
+    np.testing.assert_array_equal(run(result, {"x": x})[0], _padded(np.stack(np.nonzero(x)), 8))
+
+
 def test_max_count_must_be_given_and_within_the_topk_limit():
     model = _nonzero_model("bool", "4")
     _, report = rewrite(model, RULE)
