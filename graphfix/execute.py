@@ -29,7 +29,6 @@ __all__ = [
     "Program",
     "run_model",
     "evaluate",
-    "run_in_chunks",
     "fold",
     "onnxruntime_max_opset",
     "onnxruntime_max_ir_version",
@@ -403,22 +402,6 @@ def _attribute(attr: onnx.AttributeProto) -> Any:
     if isinstance(value, onnx.TensorProto):
         return onnx.numpy_helper.to_array(value)
     return value
-
-
-def run_in_chunks(
-    model: onnx.ModelProto,
-    feeds: Mapping[str, np.ndarray],
-    on_values: Callable[[dict[str, np.ndarray]], None],
-    chunk_nodes: int = 64,
-) -> dict[str, np.ndarray]:
-    """Run a model segment by segment, handing every intermediate tensor to `on_values`.
-
-    Only the live set (tensors some later segment reads) plus one segment's outputs are held at
-    once; `on_values` decides what to keep. Returns the model outputs.
-    """
-    program = Program.from_model(model)
-    wanted = [o.name for o in model.graph.output]
-    return evaluate(program, feeds, wanted, on_values=on_values, chunk_nodes=chunk_nodes)
 
 
 # ----------------------------------------------------------------------------- folding

@@ -24,8 +24,8 @@ class DecomposeCumsum:
     and every position-ids-from-mask text model use it); 8.0 to 10.x import it only with the
     axis as an initializer, lower it to a loop, and list FP32/FP16 as its only types
     (S80-S86, S100, S1016; onnx-tensorrt operators.md). Keys `cumsum.missing`,
-    `cumsum.axis_not_weights`. On targets that import CumSum, a CumSum whose axis is already an
-    initializer is left alone.
+    `cumsum.axis_not_weights`. On targets that import CumSum, a float CumSum whose axis is
+    already an initializer is left alone; an integer one is still rewritten (exactly, see below).
 
     Rewrite: the axis must fold to a constant (a runtime axis is a near miss). The length of
     the axis is read from the runtime shape, so dynamic lengths work. Two forms, both built from
@@ -76,7 +76,8 @@ class DecomposeCumsum:
             return gf.reject(
                 "the axis is computed at run time: TensorRT needs it constant and the rewrite "
                 "must know which axis to sum (fold the axis, or fix the input shapes)", axis)
-        if ctx.is_weights(axis) and ctx.target is not None and not ctx.target.is_active("cumsum.missing"):
+        imported = ctx.target is not None and not ctx.target.is_active("cumsum.missing")
+        if imported and ctx.is_weights(axis) and np.issubdtype(dtype, np.floating):
             return gf.reject("the target imports CumSum with an initializer axis", ctx.root)
         position = int(np.asarray(axis_value).reshape(-1)[0])
         if not -rank <= position < rank:

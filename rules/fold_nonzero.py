@@ -33,7 +33,8 @@ class FoldNonzero:
                 "pad_nonzero.max_count=N)", nonzero)
         value = ctx.constant(nonzero.outputs[0])
         if value is None:
-            return gf.reject(f"NonZero {nonzero.name}: the folded output is too large to store", nonzero)
+            return gf.reject(f"NonZero {nonzero.name}: it could not be folded (its output is too large "
+                             "to store, or its constant inputs come from too long a chain of nodes)", nonzero)
         return gf.accept(value=value)
 
     def rewrite(self, op, x, value):

@@ -56,7 +56,7 @@ class MakeNonzeroStatic:
         count = ctx.constant(k)
         if count is None:
             return gf.reject("TopK's K is computed at run time: a static form needs a constant count", k)
-        if ctx.attr(topk, "sorted") != 1:
+        if ctx.attr(topk, "sorted", 1) != 1:  # TopK before opset 11 has no attribute: always sorted
             return gf.reject("TopK sorted=0 leaves the order unspecified: no equality to prove", topk)
         rank, mask_rank, dtype = ctx.rank(x), ctx.rank(mask), ctx.numpy_dtype(x)
         if rank is None or mask_rank is None or dtype is None:

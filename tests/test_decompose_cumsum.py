@@ -161,6 +161,15 @@ def test_targets_that_import_cumsum_keep_an_initializer_axis():
     assert report.passes[0].matches == 1
 
 
+def test_targets_that_import_cumsum_still_get_integer_cumsum_rewritten(rng):
+    """Their CumSum takes FP32/FP16 only (support matrix); the integer form is exact."""
+    model = _cumsum_model(np.int64, [2, 5], 1, 0, 0)
+    result, report = rewrite(model, RULE, target="trt8.6")
+    assert report.passes[0].matches == 1 and report.passes[0].status == "verified"
+    x = _draw(rng, np.int64, (2, 5))
+    np.testing.assert_array_equal(run(result, {"x": x})[0], run(model, {"x": x})[0])
+
+
 def _sample_feeds(name: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray], np.lib.npyio.NpzFile]:
     feeds, data = sample_data(name)
     return onnx.load(SAMPLES / f"{name}.onnx"), feeds, data
