@@ -163,8 +163,9 @@ def _chunk_nodes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], budget
 def _predicted_output_bytes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[int | None]:
     """Bytes each node outputs on `feeds`, per ONNX shape inference (None where unknown).
 
-    Inference runs on a light copy: the inputs take the feeds' shapes and weights above a few
-    KB become typed inputs, so a large model is never copied.
+    Inference runs on a light copy: the inputs take the feeds' shapes and initializers above
+    _SMALL_ELEMENTS elements become typed inputs, so a model's weights are never copied (its
+    nodes are, Constant-node values included).
     """
     graph = model.graph
     small = [t for t in graph.initializer if _element_count(t) <= _SMALL_ELEMENTS]
@@ -280,7 +281,7 @@ def _constant_fingerprints(graph: onnx.GraphProto) -> dict[str, tuple[Any, ...]]
         value = next((a.t for a in node.attribute if a.name == "value"), None)
         if node.op_type == "Constant" and value is not None:
             found[node.output[0]] = _fingerprint(value)
-        elif node.input and all(not name or name in found for name in node.input) and not _has_subgraph(node):
+        elif node.input and all(not name or name in found for name in node.input) and not execute.has_subgraph(node):
             inputs = tuple(found[name] if name else None for name in node.input)
             for k, name in enumerate(node.output):
                 found[name] = ("folded", node.op_type, k, inputs)
@@ -301,8 +302,6 @@ def _loose(fingerprint: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
     return (kind, op, index, tuple(_loose(f) for f in inputs))
 
 
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
 # ----------------------------------------------------------------------------- pairing

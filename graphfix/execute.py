@@ -30,6 +30,7 @@ __all__ = [
     "run_model",
     "evaluate",
     "fold",
+    "has_subgraph",
     "onnxruntime_max_opset",
     "onnxruntime_max_ir_version",
 ]
@@ -290,6 +291,11 @@ def _reads(node: onnx.NodeProto) -> set[str]:
         for graph in _attribute_graphs(attr):
             names |= _free_names(graph)
     return names
+
+
+def has_subgraph(node: onnx.NodeProto) -> bool:
+    """The node carries a body (If, Loop, Scan, or a custom op with a graph attribute)."""
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
 def _attribute_graphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:

@@ -10,8 +10,9 @@ non-zero values FP16 flushes to zero. Nodes are flagged when
 * **underflow**: an output has values that become 0 in FP16 and feeds a divisor, Reciprocal,
   Log, the base of Pow or Sqrt (flagged with that consumer);
 * **precision**: running the node alone in FP16 (everything else FP32) moves the model
-  outputs beyond the tolerance. Candidates are reductions, CumSum, Exp, Pow, producers of
-  Softmax inputs, and arithmetic (Add, Sub, Mul, Div, Sum, MatMul, Gemm, Conv, Einsum) on
+  outputs beyond the tolerance. Candidates are reductions (GlobalAveragePool and
+  LpNormalization included), CumSum, Exp, Pow, producers of Softmax inputs, and arithmetic
+  (Add, Sub, Mul, Div, Sum, MatMul, Gemm, Conv, ConvTranspose, Einsum) reading or writing
   values of magnitude >= 1024, where FP16's spacing is 1 or more (large sums, box decoding in
   pixels); they are tested in groups that are split only when they fail.
 
@@ -289,16 +290,17 @@ def _fixed_tensors(graph: onnx.GraphProto) -> set[str]:
     """Weights, constants, shapes, and whatever is computed from them alone."""
     fixed = {t.name for t in graph.initializer}
     for node in graph.node:
+        # A body may read computed tensors of the outer graph: a node with one is never fixed.
         if node.op_type in _SHAPE_READERS or node.op_type == "Constant" or (
-                node.input and all(not name or name in fixed for name in node.input)):
+                node.input and all(not name or name in fixed for name in node.input)
+                and not execute.has_subgraph(node)):
             fixed.update(name for name in node.output if name)
     return fixed
 
 
 def _may_run_fp16(node: onnx.NodeProto, opset: int, dtypes: Mapping[str, np.dtype], fixed: set[str]) -> bool:
     """A standard node that computes on float32 data and whose schema takes float16 for it."""
-    if node.domain not in ("", "ai.onnx") or node.op_type in _SHAPE_READERS or any(
-            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+    if node.domain not in ("", "ai.onnx") or node.op_type in _SHAPE_READERS or execute.has_subgraph(node):
         return False
     if all(not name or name in fixed for name in node.output):
         return False
@@ -710,9 +712,15 @@ class _Evaluator:
     def __init__(self, plan: _Plan, scan: _Scan, feed_sets: Sequence[Mapping[str, np.ndarray]], tolerance: Tolerance):
         self.plan, self.scan, self.feed_sets, self.tolerance = plan, scan, feed_sets, tolerance
         self.seen: dict[frozenset[int], list[list[Comparison]]] = {}
+        self._last: tuple[frozenset[int], onnx.ModelProto] | None = None
 
     def emulated(self, keep: set[int]) -> onnx.ModelProto:
-        return emulate_fp16(_Converter(self.plan, keep).run())
+        """The emulated mixed model; the last one is kept, as the search asks for it again
+        right after comparing its outputs (one model, not one per candidate)."""
+        key = frozenset(keep)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, emulate_fp16(_Converter(self.plan, keep).run()))
+        return self._last[1]
 
     def outputs(self, keep: set[int]) -> list[list[Comparison]]:
         """Per input set, the outputs of the emulated mixed model against FP32 (remembered)."""

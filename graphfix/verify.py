@@ -436,7 +436,7 @@ class _Batch:
         produced: dict[str, str] = {}  # tensors of earlier regions of this batch
         plans = []
         for index, region in enumerate(regions):
-            if any(_attribute_graphs(node) for node in region.nodes):
+            if any(execute.has_subgraph(node) for node in region.nodes):
                 return None
             names: dict[str, str] = {}
             for name in region.inputs:
@@ -469,10 +469,6 @@ class _Batch:
         """Each region with its values under its own tensor names."""
         values = {**self.feeds, **self.program.initializers, **outputs}
         return [(region, {name: values[batch] for name, batch in names.items()}) for region, names in self.plans]
-
-
-def _attribute_graphs(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
 @dataclass(frozen=True)
