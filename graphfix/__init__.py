@@ -15,7 +15,7 @@ Public API for users and rule authors::
 from __future__ import annotations
 
 from graphfix.api import ApplyOptions, apply, apply_file, build_passes, select_rules
-from graphfix.builder import AXES_INPUT_SINCE
+from graphfix.builder import AXES_INPUT_SINCE, SLICE_TO_END
 from graphfix.context import Context
 from graphfix.errors import (
     GraphfixError,
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AXES_INPUT_SINCE",
+    "SLICE_TO_END",
     "Accept",
     "ApplyOptions",
     "Context",

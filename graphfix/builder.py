@@ -17,9 +17,13 @@ import numpy as np
 
 from graphfix import ir
 
-__all__ = ["Builder", "PendingNode", "TensorLike", "AXES_INPUT_SINCE"]
+__all__ = ["Builder", "PendingNode", "TensorLike", "AXES_INPUT_SINCE", "SLICE_TO_END"]
 
 TensorLike = ir.Tensor | np.ndarray | None
+
+# A Slice end meaning "to the end of the axis", kept inside INT32 so that TensorRT <= 8.6 does
+# not have to clamp it.
+SLICE_TO_END = int(np.iinfo(np.int32).max)
 
 # Constants up to this many elements are shared between the rewrites of one pass.
 _SHARED_CONSTANT_ELEMENTS = 64

@@ -95,6 +95,16 @@ class Context:
     def is_graph_output(self, tensor: ir.Tensor) -> bool:
         return any(tensor is out for out in self.graph.outputs)
 
+    def is_used(self, tensor: ir.Tensor) -> bool:
+        """A node reads the tensor or the graph outputs it."""
+        return not tensor.is_empty() and bool(self.consumers(tensor) or self.is_graph_output(tensor))
+
+    def axes(self, node: ir.Node) -> list[int] | None:
+        """The axes of an op that takes them as an attribute or, from some opset on, as an input
+        (Squeeze, Unsqueeze, Reduce*; see AXES_INPUT_SINCE); None when absent or computed."""
+        axes = self.constant(node.inputs[1]) if len(node.inputs) > 1 else self.attr(node, "axes")
+        return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+
     def attr(self, node: ir.Node, name: str, default: Any = None) -> Any:
         """A node attribute, else the schema default at the model's opset, else `default`."""
         value = ir.attribute(node, name, self.opset, default)

@@ -9,9 +9,6 @@ import graphfix as gf
 # A dynamic integer axis gets enough doubling steps for every length below 2**31, the largest
 # dimension TensorRT indexes with 32-bit dims (7.2-8.6); longer steps see empty slices.
 _DYNAMIC_STEPS = 31
-# Slice end meaning "to the end of the axis", kept inside INT32 so that TensorRT <= 8.6 does not
-# have to clamp it.
-_TO_END = np.iinfo(np.int32).max
 # The float32 MatMul form sums 0/1-valued integers exactly while partial sums stay below 2**24.
 _FLOAT32_EXACT_COUNT = 1 << 24
 
@@ -150,11 +147,12 @@ class _Scan:
         n = op.int64(length) if length is not None else op.Gather(op.Shape(x), op.int64(self.axis), axis=0)
         positions = op.Range(op.int64(0), n, op.int64(1))
         inputs, outputs = op.unsqueeze(positions, [1]), op.unsqueeze(positions, [0])
-        before = op.Less(inputs, outputs) if not self.reverse else op.Greater(inputs, outputs)
-        after = op.Greater(inputs, outputs) if not self.reverse else op.Less(inputs, outputs)
+        # In scan order, input i comes before output j when first < second.
+        first, second = (inputs, outputs) if not self.reverse else (outputs, inputs)
         one, zero = np.ones((), dtype), np.zeros((), dtype)
-        # Strictly before in scan order for exclusive; "not after" (before or the same) otherwise.
-        return op.Where(before, one, zero) if self.exclusive else op.Where(after, zero, one)
+        if self.exclusive:  # strictly before
+            return op.Where(op.Less(first, second), one, zero)
+        return op.Where(op.Less(second, first), zero, one)  # not after: before or the same
 
     # -- log-step prefix sum
     def log_step(self, x, steps: int):
@@ -162,9 +160,9 @@ class _Scan:
         for k in range(steps):
             d = 1 << k
             # Slices past either end are empty: rounds with d >= n copy y unchanged.
-            head, tail = self._slice(y, 0, -d), self._slice(y, d, _TO_END)  # y[:-d], y[d:]
+            head, tail = self._slice(y, 0, -d), self._slice(y, d, gf.SLICE_TO_END)  # y[:-d], y[d:]
             if self.reverse:  # y[j] += y[j + d] where j + d < n
-                y = self._concat(self.op.Add(head, tail), self._slice(y, -d, _TO_END))
+                y = self._concat(self.op.Add(head, tail), self._slice(y, -d, gf.SLICE_TO_END))
             else:  # y[j] += y[j - d] where j >= d
                 y = self._concat(self._slice(y, 0, d), self.op.Add(tail, head))
         return y
@@ -175,7 +173,7 @@ class _Scan:
         first = self._slice(x, 0, 1)
         zero = op.Expand(np.zeros((), op.ctx.numpy_dtype(x)), op.Shape(first))
         if self.reverse:
-            return self._concat(self._slice(x, 1, _TO_END), zero)
+            return self._concat(self._slice(x, 1, gf.SLICE_TO_END), zero)
         return self._concat(zero, self._slice(x, 0, -1))
 
     def _slice(self, x, start: int, end: int):

@@ -15,6 +15,7 @@ from graphfix.rules.decompose_nms import (
     selected_first,
     take_along_last,
 )
+from graphfix.rules.pad_nonzero import EQUAL_FLOATS_SINCE
 from graphfix.targets import TRT_PLUGIN_DOMAIN
 
 PLUGIN = "EfficientNMS_TRT"
@@ -31,7 +32,6 @@ _SIGN_PRESERVING_OPS = frozenset({
     "Expand", "Tile", "GatherElements", "GatherND", "TopK", "Concat", "Mul", "Add", "Min",
 })
 _PROOF_DEPTH = 12
-_EQUAL_FLOATS_SINCE = 11
 _CUMSUM_SINCE = 11
 _F32 = np.float32
 
@@ -264,6 +264,6 @@ def _running_sum(op, values, count: int):
 
 def _equal(op, a, b):
     """a == b on floats; Equal takes floats from opset 11, before that not (a < b or a > b)."""
-    if op.opset >= _EQUAL_FLOATS_SINCE:
+    if op.opset >= EQUAL_FLOATS_SINCE:
         return op.Equal(a, b)
     return op.Not(op.Or(op.Less(a, b), op.Greater(a, b)))

@@ -135,7 +135,7 @@ class _Level:
 def _level(ctx, dims, index: int, tensor):
     """Parse stacked level `index`: Unsqueeze(GridSample(value image, level grid)), or why not."""
     unsqueeze = ctx.producer(tensor)
-    if unsqueeze is None or unsqueeze.op != "Unsqueeze" or _axes(ctx, unsqueeze) not in ([3], [-2]):
+    if unsqueeze is None or unsqueeze.op != "Unsqueeze" or ctx.axes(unsqueeze) not in ([3], [-2]):
         return gf.reject(f"stacked input {index} is not Unsqueeze(axis -2) of a GridSample", tensor)
     sample = ctx.producer(unsqueeze.inputs[0])
     if sample is None or sample.op != "GridSample":
@@ -226,15 +226,6 @@ def _is_scalar(ctx, tensor, number: float) -> bool:
     return value is not None and value.size == 1 and float(value.reshape(-1)[0]) == number
 
 
-def _axes(ctx, node) -> list[int] | None:
-    """Unsqueeze/ReduceSum axes, from the input (opset 13+) or the attribute."""
-    if len(node.inputs) > 1:
-        value = ctx.constant(node.inputs[1])
-        return None if value is None else [int(a) for a in value.reshape(-1)]
-    listed = ctx.attr(node, "axes")
-    return None if listed is None else [int(a) for a in listed]
-
-
 def _slice_start(ctx, node) -> int | None:
     """The start row of a constant Slice of axis 1 with step 1, else None."""
     values = [ctx.constant(t) if not t.is_empty() else None for t in node.inputs[1:5]]
@@ -290,7 +281,7 @@ def _tail_structure(ctx, stack, weights_perm, total, output) -> gf.Reject | None
         return gf.reject(f"{stack.name} does not stack the levels on axis -2", stack)
     if list(ctx.attr(weights_perm, "perm") or []) != [0, 2, 1, 3, 4]:
         return gf.reject(f"{weights_perm.name} is not the [0, 2, 1, 3, 4] transpose of the weights", weights_perm)
-    if _axes(ctx, total) not in ([3], [-1]) or ctx.attr(total, "keepdims") != 0:
+    if ctx.axes(total) not in ([3], [-1]) or ctx.attr(total, "keepdims") != 0:
         return gf.reject(f"{total.name} does not sum the last axis away", total)
     if list(ctx.attr(output, "perm") or []) != [0, 2, 1]:
         return gf.reject(f"{output.name} is not the [0, 2, 1] transpose to [N, Lq, M*D]", output)
@@ -417,7 +408,7 @@ class _Dims:
         if op == "Concat":
             return self._concatenated(node)
         if op == "ReduceSum":
-            dims, axes = self.of(inputs[0]), _axes(self.ctx, node)
+            dims, axes = self.of(inputs[0]), self.ctx.axes(node)
             if dims is None or axes is None:
                 return None
             summed, keep = {a % len(dims) for a in axes}, self.ctx.attr(node, "keepdims")
@@ -486,7 +477,7 @@ class _Dims:
         return out
 
     def _unsqueezed(self, node) -> list[Dim] | None:
-        dims, axes = self.of(node.inputs[0]), _axes(self.ctx, node)
+        dims, axes = self.of(node.inputs[0]), self.ctx.axes(node)
         if dims is None or axes is None:
             return None
         rank = len(dims) + len(axes)

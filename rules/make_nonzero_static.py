@@ -7,9 +7,6 @@ import numpy as np
 import graphfix as gf
 from graphfix.rules.pad_nonzero import flags_unavailable, nonzero_flags
 
-_SQUEEZE_AXES_INPUT_SINCE = 13
-# Slice end meaning "to the end", inside INT32 so that TensorRT <= 8.6 need not clamp it.
-_TO_END = np.iinfo(np.int32).max
 
 
 @gf.rule(limitation="nonzero.missing")
@@ -80,10 +77,10 @@ class MakeNonzeroStatic:
         masked = op.Where(_broadcastable(op, selected, mask_rank, op.ctx.rank(x), axis),
                           _cropped_to_mask(op, x, mask, masked_axes), fill)
         if mask_rank > 1:  # GatherND over several leading dims: flatten them into one
-            kept_dims = op.slice(op.Shape(x), [mask_rank], [_TO_END])
+            kept_dims = op.slice(op.Shape(x), [mask_rank], [gf.SLICE_TO_END])
             masked = op.Reshape(masked, op.Concat(op.int64([-1]), kept_dims, axis=0))
         values, positions = op.TopK(masked, op.int64([count]), axis=axis, largest=int(largest), sorted=1, _outputs=2)
-        used_values, used_indices = (_is_used(op.ctx, t) for t in topk.outputs)
+        used_values, used_indices = (op.ctx.is_used(t) for t in topk.outputs)
         return (values if used_values else None,
                 _selected_before(op, flat_mask, positions) if used_indices else None)
 
@@ -96,20 +93,12 @@ def _nonzero_mask(ctx, index, select):
             return gf.reject("GatherND with batch_dims is not a plain x[mask]", select)
         if node is None or node.op != "Transpose" or list(ctx.attr(node, "perm") or []) != [1, 0]:
             return gf.reject("GatherND's indices are not Transpose(NonZero(mask), perm=[1, 0])", index)
-    elif node is None or node.op != "Squeeze" or _squeeze_axes(ctx, node) != [0]:
+    elif node is None or node.op != "Squeeze" or ctx.axes(node) != [0]:
         return gf.reject("Gather's indices are not Squeeze(NonZero(mask), axes=[0])", index)
     source = ctx.producer(node.inputs[0])
     if source is None or source.op != "NonZero":
         return gf.reject(f"{node.op} {node.name} does not read a NonZero", node)
     return source.inputs[0]
-
-
-def _squeeze_axes(ctx, node) -> list[int] | None:
-    if ctx.opset >= _SQUEEZE_AXES_INPUT_SINCE:
-        value = ctx.constant(node.inputs[1]) if len(node.inputs) > 1 else None
-        return None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
-    axes = ctx.attr(node, "axes")
-    return None if axes is None else list(axes)
 
 
 def _fill(dtype: np.dtype, largest: bool) -> np.ndarray:
@@ -149,5 +138,3 @@ def _selected_before(op, flat_mask, positions):
     return op.cast(counted, np.int64)
 
 
-def _is_used(ctx, tensor) -> bool:
-    return not tensor.is_empty() and bool(ctx.consumers(tensor) or ctx.is_graph_output(tensor))

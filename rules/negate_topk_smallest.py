@@ -54,7 +54,7 @@ class NegateTopkSmallest:
             _reversed_order(op, x, pivot), k,
             axis=op.ctx.attr(topk, "axis"), largest=1, sorted=op.ctx.attr(topk, "sorted"), _outputs=2,
         )
-        used_values, used_indices = (_is_used(op.ctx, t) for t in topk.outputs)
+        used_values, used_indices = (op.ctx.is_used(t) for t in topk.outputs)
         return (_reversed_order(op, values, pivot) if used_values else None,
                 indices if used_indices else None)
 
@@ -62,7 +62,3 @@ class NegateTopkSmallest:
 def _reversed_order(op, tensor, pivot):
     """Neg(tensor) for floats, pivot - tensor for integers: order-reversing and exact."""
     return op.Neg(tensor) if pivot is None else op.Sub(op.constant(pivot), tensor)
-
-
-def _is_used(ctx, tensor) -> bool:
-    return not tensor.is_empty() and bool(ctx.consumers(tensor) or ctx.is_graph_output(tensor))

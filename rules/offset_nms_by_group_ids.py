@@ -6,6 +6,7 @@ import numpy as np
 
 import graphfix as gf
 from graphfix.kernels.nms import nms_parameters, per_group_nms
+from graphfix.rules.offset_nms_groups import shift_refused, shifted_boxes
 
 
 @gf.rule(limitation="nms.merged_groups", opt_in=True, exclusive=False, options={"group_ids": ""})
@@ -43,11 +44,9 @@ class OffsetNmsByGroupIds:
         group_ids = ctx.tensor(name)
         if group_ids is None:
             return gf.reject(f"no tensor named {name!r} in this graph", ctx.root)
-        if ctx.in_subgraph:
-            return gf.reject("the NMS is inside an If/Loop body, where only an end-to-end run could verify it",
-                             ctx.root)
-        if center_point_box != 0:
-            return gf.reject("center_point_box=1: shifting the boxes would shift their sizes too", ctx.root)
+        refused = shift_refused(ctx, center_point_box)
+        if refused is not None:
+            return refused
         # The rewritten NMS matches the pattern again; its boxes' producer, named after this
         # rule (provenance), says it is done.
         shifter = ctx.producer(boxes)
@@ -60,9 +59,7 @@ class OffsetNmsByGroupIds:
 
     def rewrite(self, op, boxes, scores, max_boxes, iou_threshold, score_threshold, group_ids):
         dtype = op.ctx.numpy_dtype(boxes) or np.dtype(np.float32)
-        extent = op.Sub(op.reduce("ReduceMax", boxes, None, keepdims=0), op.reduce("ReduceMin", boxes, None, keepdims=0))
-        offsets = op.Mul(op.cast(group_ids, dtype), op.Add(extent, np.array(1, dtype)))
-        shifted = op.Add(boxes, op.unsqueeze(offsets, [0, 2]))
+        shifted = shifted_boxes(op, boxes, op.cast(group_ids, dtype), dtype)
         return op.NonMaxSuppression(shifted, scores, max_boxes, iou_threshold, score_threshold)
 
     def reference(self, ctx, boxes, scores, max_boxes, iou_threshold, score_threshold, group_ids):

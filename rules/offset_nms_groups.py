@@ -55,14 +55,12 @@ class OffsetNmsGroups:
         )
 
     def check(self, ctx, groups, concat_axis, scores, center_point_box, unsqueeze):
-        if ctx.in_subgraph:
-            return gf.reject("the NMS is inside an If/Loop body, where only an end-to-end run could verify it",
-                             ctx.root)
-        if center_point_box != 0:
-            return gf.reject("center_point_box=1: shifting the boxes would shift their sizes too", ctx.root)
+        refused = shift_refused(ctx, center_point_box)
+        if refused is not None:
+            return refused
         if any(ctx.rank(part) != 2 for part in groups) or concat_axis not in (0, -2):
             return gf.reject(f"the groups must be [n, 4] boxes concatenated on axis 0 (axis {concat_axis})", ctx.root)
-        if _unsqueeze_axes(ctx, unsqueeze) != [0]:
+        if ctx.axes(unsqueeze) != [0]:
             return gf.reject("the boxes are not unsqueezed to [1, N, 4] on axis 0", unsqueeze)
         score_parts = _concat_parts_behind(ctx, scores)
         if score_parts is None or len(score_parts) != len(groups):
@@ -79,10 +77,7 @@ class OffsetNmsGroups:
         dtype = op.ctx.numpy_dtype(boxes)
         group_sizes = [op.slice(op.Shape(part), [0], [1]) for part in groups]
         group_ids = op.Concat(*(op.Expand(np.array([g], dtype), size) for g, size in enumerate(group_sizes)), axis=0)
-        highest = op.reduce("ReduceMax", boxes, None, keepdims=0)
-        extent = op.Sub(highest, op.reduce("ReduceMin", boxes, None, keepdims=0))
-        offsets = op.Mul(group_ids, op.Add(extent, np.array(1, dtype)))
-        shifted = op.Add(boxes, op.unsqueeze(offsets, [0, 2]))
+        shifted = shifted_boxes(op, boxes, group_ids, dtype)
         return op.NonMaxSuppression(shifted, scores, max_boxes, iou_threshold, score_threshold)
 
     def reference(self, ctx, groups, to, scores, max_boxes, iou_threshold, score_threshold):
@@ -92,16 +87,28 @@ class OffsetNmsGroups:
         return per_group_nms(boxes, scores, group_of, limit=limit, iou_threshold=iou, score_threshold=score)
 
 
+def shift_refused(ctx: gf.Context, center_point_box: int) -> gf.Reject | None:
+    """Why no group shift applies to this NMS whatever its groups are, or None."""
+    if ctx.in_subgraph:
+        return gf.reject("the NMS is inside an If/Loop body, where only an end-to-end run could verify it",
+                         ctx.root)
+    if center_point_box != 0:
+        return gf.reject("center_point_box=1: shifting the boxes would shift their sizes too", ctx.root)
+    return None
+
+
+def shifted_boxes(op: Any, boxes: Any, group_ids: Any, dtype: np.dtype) -> Any:
+    """`boxes` [1, N, 4] moved by group id x (extent of all coordinates + 1): boxes of different
+    groups can no longer overlap. `group_ids` [N] are of `dtype`."""
+    extent = op.Sub(op.reduce("ReduceMax", boxes, None, keepdims=0), op.reduce("ReduceMin", boxes, None, keepdims=0))
+    offsets = op.Mul(group_ids, op.Add(extent, np.array(1, dtype)))
+    return op.Add(boxes, op.unsqueeze(offsets, [0, 2]))
+
+
 def _length(ctx: gf.Context, tensor: Any) -> int | None:
     """The static size of a tensor's first axis, else None."""
     dims = ctx.shape(tensor)
     return int(dims[0]) if dims and isinstance(dims[0], (int, np.integer)) else None
-
-
-def _unsqueeze_axes(ctx: gf.Context, node: Any) -> list[int] | None:
-    """An Unsqueeze's axes (attribute before opset 13, constant input from 13), else None."""
-    axes = ctx.constant(node.inputs[1]) if len(node.inputs) > 1 else ctx.attr(node, "axes")
-    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
 
 
 def _concat_parts_behind(ctx: gf.Context, tensor: Any) -> Sequence[Any] | None:

@@ -10,7 +10,7 @@ from graphfix.rules.decompose_nms import TOPK_LIMIT
 _TOPK_K_INPUT_SINCE = 10
 _TOPK_ORDER_ATTRIBUTES_SINCE = 11  # largest / sorted; TopK-10 always returns the largest, sorted
 # Equal compares floats from opset 11 (Equal-7 takes bool, int32 and int64 only).
-_EQUAL_FLOATS_SINCE = 11
+EQUAL_FLOATS_SINCE = 11
 INVALID = -1
 
 
@@ -84,9 +84,9 @@ def nonzero_flags(op, x):
 def flags_unavailable(ctx, x) -> gf.Reject | None:
     """Why nonzero_flags cannot be built at this opset, or None."""
     dtype = ctx.dtype(x)
-    if dtype in ("bool", "int32", "int64") or ctx.opset >= _EQUAL_FLOATS_SINCE:
+    if dtype in ("bool", "int32", "int64") or ctx.opset >= EQUAL_FLOATS_SINCE:
         return None
-    return gf.reject(f"Equal takes no {dtype} before opset {_EQUAL_FLOATS_SINCE}: x != 0 cannot be written", x)
+    return gf.reject(f"Equal takes no {dtype} before opset {EQUAL_FLOATS_SINCE}: x != 0 cannot be written", x)
 
 
 def _largest(op, values, count: int):
