@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphfix import execute, trt
+from graphfix import execute, ir, trt
 from graphfix.bisect import DEFAULT_BUDGET, CaptureMeter, Divergence, compare_to_scale, first_divergence, stream_tensors
 from graphfix.errors import UsageError
 from graphfix.report import Comparison
@@ -559,12 +559,10 @@ def emulate_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _with_types(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with inferred value_info, or as it is when shape inference cannot follow it."""
-    try:
-        return onnx.shape_inference.infer_shapes(model)
-    except Exception as error:  # inference raises several types on models it cannot follow
-        logger.debug("shape inference failed: %s", error)
-        return model
+    """`model` with the value_info shape inference finds (best effort), inferred on a view
+    without the large weights so that they are not serialized for it."""
+    typed = ir.with_inferred_types(model)
+    return ir.with_weights(typed.proto, typed.weights)
 
 
 def _upcast_attribute(op_type: str, attr: onnx.AttributeProto) -> None:
